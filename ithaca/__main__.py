@@ -1,0 +1,7 @@
+"""`python -m ithaca CONFIG`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

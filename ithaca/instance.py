@@ -1,0 +1,178 @@
+"""Instance: loads the config, sets up logging in Odyssey's log_format, writes the pid file,
+starts the system and handles signals (SIGTERM/SIGINT stop, SIGHUP reload)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from .config import Config, ConfigError, load_config
+from .system import System
+
+log = logging.getLogger("ithaca")
+
+
+class OdysseyFormatter(logging.Formatter):
+    """Renders Odyssey's log_format escapes: %p pid, %t time, %l level, %i client id,
+    %s server id, %c context (logger), %m message, %n newline-free name, %% percent."""
+
+    _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
+               "CRITICAL": "fatal"}
+
+    def __init__(self, log_format: str) -> None:
+        super().__init__()
+        self.log_format = log_format.rstrip("\n")
+        self.pid = str(os.getpid())
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        out = []
+        fmt = self.log_format
+        i = 0
+        while i < len(fmt):
+            ch = fmt[i]
+            if ch != "%" or i + 1 == len(fmt):
+                out.append(ch)
+                i += 1
+                continue
+            code = fmt[i + 1]
+            i += 2
+            if code == "p":
+                out.append(self.pid)
+            elif code == "t":
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+                out.append(f"{stamp}.{int(record.msecs):03d}")
+            elif code == "l":
+                out.append(self._LEVELS.get(record.levelname, record.levelname.lower()))
+            elif code == "i":
+                out.append(getattr(record, "client_id", "none"))
+            elif code == "s":
+                out.append(getattr(record, "server_id", "none"))
+            elif code == "c":
+                out.append(record.name.removeprefix("ithaca.") or "ithaca")
+            elif code == "m":
+                out.append(message)
+            elif code == "%":
+                out.append("%")
+            else:
+                out.append("%" + code)
+        return "".join(out)
+
+
+def setup_logging(config: Config) -> None:
+    root = logging.getLogger("ithaca")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = OdysseyFormatter(config.log_format)
+    if config.log_to_stdout:
+        handler: logging.Handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    if config.log_file:
+        file_handler = logging.FileHandler(config.log_file)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+    root.setLevel(logging.DEBUG if config.log_debug else logging.INFO)
+    root.propagate = False
+
+
+class Instance:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.system: System | None = None
+        self._stop = asyncio.Event()
+        self._signals = 0
+
+    async def run(self) -> int:
+        config = self.config
+        setup_logging(config)
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        if config.workers not in (1,):
+            log.warning("workers %s: ithaca runs all clients in one process for now",
+                        config.workers or "auto")
+        log.info("ithaca %s starting (pid %d) with %s", _version(), os.getpid(), self.config_path)
+        system = System(config)
+        self.system = system
+        try:
+            await system.start()
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            system.close()
+            return 1
+        self._write_pid_file()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        try:
+            await self._stop.wait()
+            await self._shutdown()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            self._remove_pid_file()
+        log.info("ithaca stopped")
+        return 0
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals >= 2:
+            log.warning("second stop signal: exiting now")
+            os._exit(1)
+        log.info("%s received: shutting down", signal.Signals(sig).name)
+        self._stop.set()
+
+    def _on_reload_signal(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config:\n%s", exc)
+            return
+        log.warning("SIGHUP: config %s is valid; applying a new config needs a restart in "
+                    "this version", new.path)
+
+    async def _shutdown(self) -> None:
+        system = self.system
+        assert system is not None
+        system.stop_accepting()
+        for route in system.router.routes.values():
+            route.pool.close_idle()
+        deadline = self.config.graceful_shutdown_timeout_ms / 1000
+        clients = [c.task for c in system.clients if c.task is not None]
+        if clients:
+            log.info("waiting up to %.1f s for %d clients", deadline, len(clients))
+            _done, pending = await asyncio.wait(clients, timeout=deadline)
+            for client in list(system.clients):
+                client.stop("ithaca is shutting down", "57P01")
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        system.close()
+
+    def _write_pid_file(self) -> None:
+        if self.config.pid_file:
+            with open(self.config.pid_file, "w") as handle:
+                handle.write(f"{os.getpid()}\n")
+
+    def _remove_pid_file(self) -> None:
+        if self.config.pid_file:
+            try:
+                os.unlink(self.config.pid_file)
+            except FileNotFoundError:
+                pass
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,172 @@
+"""Per-route server pool: idle and active server connections, the FIFO wait queue of clients
+when pool_size is reached, connecting new servers, and handing servers back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from .protocol import SqlState
+from .server import ServerConn, ServerError
+
+log = logging.getLogger("ithaca.pool")
+
+Connector = Callable[[], Awaitable[ServerConn]]
+
+
+class PoolTimeout(ServerError):
+    """No server became free within pool_timeout."""
+
+
+class ServerPool:
+    """Servers of one route. pool_size 0 means no limit; pool_timeout_ms 0 waits forever."""
+
+    def __init__(self, name: str, connect: Connector, pool_size: int, pool_timeout_ms: int) -> None:
+        self.name = name
+        self._connect = connect
+        self.pool_size = pool_size
+        self.pool_timeout_ms = pool_timeout_ms
+        self.idle: deque[ServerConn] = deque()
+        self.active: set[ServerConn] = set()
+        self.connecting = 0
+        self._waiters: deque[asyncio.Future[ServerConn | None]] = deque()
+        self.closed = False
+        # counters for SHOW/metrics
+        self.total_acquired = 0
+        self.total_wait_time = 0.0
+
+    def __repr__(self) -> str:
+        return (f"<ServerPool {self.name} idle={len(self.idle)} active={len(self.active)} "
+                f"connecting={self.connecting} waiting={len(self._waiters)}>")
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + self.connecting
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _has_room(self) -> bool:
+        return self.pool_size == 0 or self.total < self.pool_size
+
+    async def acquire(self) -> ServerConn:
+        """A server for exclusive use: idle one, a new one if there is room, else wait in line."""
+        started = time.monotonic()
+        deadline = started + self.pool_timeout_ms / 1000 if self.pool_timeout_ms else None
+        while True:
+            if self.closed:
+                raise ServerError("server pool is shut down", SqlState.ADMIN_SHUTDOWN)
+            server = self._pop_idle()
+            if server is None and self._has_room() and not self._waiters:
+                server = await self._open()
+            if server is None:
+                server = await self._wait(deadline)
+            if server is not None:
+                self.active.add(server)
+                server.last_used_at = time.monotonic()
+                self.total_acquired += 1
+                self.total_wait_time += server.last_used_at - started
+                return server
+
+    def _pop_idle(self) -> ServerConn | None:
+        while self.idle:
+            server = self.idle.popleft()
+            if not server.closed:
+                return server
+        return None
+
+    async def _open(self) -> ServerConn:
+        self.connecting += 1
+        try:
+            server = await self._connect()
+        finally:
+            self.connecting -= 1
+        server.pool = self
+        if self.closed:
+            server.close()
+            raise ServerError("server pool is shut down", SqlState.ADMIN_SHUTDOWN)
+        return server
+
+    async def _wait(self, deadline: float | None) -> ServerConn | None:
+        """Wait for a released server (returned) or a freed slot (None, then retry)."""
+        waiter: asyncio.Future[ServerConn | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(timeout):
+                server = await waiter
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self.release(waiter.result())  # type: ignore[arg-type]  # pass it on
+            if isinstance(exc, TimeoutError):
+                raise PoolTimeout(
+                    f"no server connection became free within pool_timeout "
+                    f"({self.pool_timeout_ms} ms, pool_size {self.pool_size}) "
+                    f"for route {self.name}",
+                    SqlState.TOO_MANY_CONNECTIONS,
+                ) from None
+            raise
+        if server is None and self._has_room():
+            return await self._open()
+        return server
+
+    def release(self, server: ServerConn) -> None:
+        """Hand a clean, idle server to the first waiting client or back to the idle list."""
+        self.active.discard(server)
+        server.client = None
+        server.last_used_at = time.monotonic()
+        if server.closed or self.closed:
+            server.close()
+            self._slot_freed()
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active.add(server)
+                waiter.set_result(server)
+                return
+        self.idle.append(server)
+
+    def discard(self, server: ServerConn) -> None:
+        """Close a server that cannot be reused and let a waiter open a new one."""
+        self.active.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+        server.client = None
+        server.close()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close_idle(self, predicate: Callable[[ServerConn], bool] = lambda s: True) -> int:
+        """Close idle servers matching predicate; returns how many were closed."""
+        keep: deque[ServerConn] = deque()
+        closed = 0
+        for server in self.idle:
+            if server.closed or predicate(server):
+                server.close()
+                closed += 1
+            else:
+                keep.append(server)
+        self.idle = keep
+        return closed
+
+    def close(self) -> None:
+        """Shut the pool: close idle servers now, active ones as they come back."""
+        self.closed = True
+        self.close_idle()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)

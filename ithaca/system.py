@@ -1,0 +1,94 @@
+"""System: one listen server per resolved listen address, the accept loop that starts a client
+task per connection, and the shared parts clients use (router, cancel directory, console)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from .cancel import CancelDirectory
+from .config import Config, Listen
+from .console import Console
+from .frontend import Client
+from .link import Link
+from .router import Router
+
+log = logging.getLogger("ithaca.system")
+
+
+class System:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.cancels = CancelDirectory()
+        self.console = Console()
+        self.clients: set[Client] = set()
+        self._servers: list[tuple[asyncio.Server, Listen]] = []
+        self._listen_of: dict[asyncio.Server, Listen] = {}
+
+    async def start(self) -> None:
+        """Open every listen address; raise OSError if one cannot be bound."""
+        loop = asyncio.get_running_loop()
+        for listen in self.config.listens:
+            hosts = self._resolve(listen)
+            for host in hosts:
+                server = await loop.create_server(
+                    lambda listen=listen: self._accept(listen),
+                    host=host, port=listen.port, backlog=listen.backlog,
+                    reuse_address=True,
+                )
+                self._servers.append((server, listen))
+                for sock in server.sockets:
+                    log.info("listening on %s", _sockname(sock))
+
+    @staticmethod
+    def _resolve(listen: Listen) -> list[str | None]:
+        if listen.host is None or listen.host == "*":
+            return [None]  # every address, IPv4 and IPv6
+        return [listen.host]
+
+    def _accept(self, listen: Listen) -> Link:
+        link = _AcceptedLink(self, listen)
+        return link
+
+    def login_timeout_for(self, link: Link) -> float | None:
+        listen = getattr(link, "listen", None)
+        timeout_ms = listen.client_login_timeout if listen is not None else 0
+        return timeout_ms / 1000 if timeout_ms else None
+
+    def stop_accepting(self) -> None:
+        for server, _listen in self._servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server, _listen in self._servers:
+            await server.wait_closed()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        self.router.close()
+
+
+class _AcceptedLink(Link):
+    """A client link that starts its Client task once the connection is made."""
+
+    __slots__ = ("system", "listen")
+
+    def __init__(self, system: System, listen: Listen) -> None:
+        super().__init__()
+        self.system = system
+        self.listen = listen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        client = Client(self.system, self)
+        self.system.clients.add(client)
+        client.task = asyncio.get_running_loop().create_task(client.run())
+
+
+def _sockname(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name)
