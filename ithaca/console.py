@@ -10,6 +10,7 @@ from . import __version__
 from .protocol import (
     MessageReader,
     ProtocolError,
+    Query,
     SqlState,
     build_backend_key_data,
     build_command_complete,
@@ -20,7 +21,6 @@ from .protocol import (
     build_ready_for_query,
     build_row_description,
     parse_frontend,
-    Query,
 )
 
 if TYPE_CHECKING:

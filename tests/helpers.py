@@ -1,0 +1,286 @@
+"""Test helpers: Odyssey-format configs, polling, and an ithaca subprocess wrapper.
+
+Importable from tests (conftest puts tests/ on sys.path) and from scripts/bench
+(add the repository's tests/ directory to sys.path first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pgcluster import HOST, PgCluster, _conninfo_value, free_port, quote_literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = [
+    "IthacaProcess",
+    "IthacaStartError",
+    "backend_count",
+    "free_port",
+    "make_config",
+    "wait_port",
+    "wait_until",
+]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value (returned) or time runs out.
+
+    Exceptions raised by the predicate count as "not yet"; the last one is
+    chained to the final AssertionError.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    last_val: Any = None
+    while True:
+        try:
+            last_val = predicate()
+            if last_val:
+                return last_val
+            last_exc = None
+        except Exception as e:
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message} (last value: {last_val!r})"
+            ) from last_exc
+        time.sleep(interval)
+
+
+def backend_count(pg: PgCluster, usename: str | None = None, datname: str | None = None) -> int:
+    """Client backends in pg_stat_activity, not counting the querying session."""
+    sql = ("SELECT count(*) FROM pg_stat_activity "
+           "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    if usename is not None:
+        sql += f" AND usename = {quote_literal(usename)}"
+    if datname is not None:
+        sql += f" AND datname = {quote_literal(datname)}"
+    return int(pg.scalar(sql))
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def make_config(pg_port: int, listen_port: int, pool: str = "transaction", pool_size: int = 2,
+                extra_route: str = "", extra_global: str = "", auth: str = "none",
+                password: str | None = None, storage_user: str | None = None,
+                storage_password: str | None = None, pool_timeout: int = 4000,
+                routes: str = "", console: bool = True, workers: int = 1) -> str:
+    """Odyssey-format config: one remote storage, a default route, the console.
+
+    extra_route: lines added inside ``database default { user default { ... } }``.
+    extra_global: lines added at top level (before listen).
+    routes: complete extra ``database ... { }`` blocks, placed before the default one.
+    auth: authentication of the default route ("none", "clear_text", "md5", "scram-sha-256").
+    """
+    route = [
+        f"\t\tauthentication {_q(auth)}",
+    ]
+    if password is not None:
+        route.append(f"\t\tpassword {_q(password)}")
+    route += [f"\t\tstorage {_q('postgres_server')}"]
+    if storage_user is not None:
+        route.append(f"\t\tstorage_user {_q(storage_user)}")
+    if storage_password is not None:
+        route.append(f"\t\tstorage_password {_q(storage_password)}")
+    route += [
+        f"\t\tpool {_q(pool)}",
+        f"\t\tpool_size {pool_size}",
+        f"\t\tpool_timeout {pool_timeout}",
+        "\t\tpool_discard yes",
+        "\t\tpool_rollback yes",
+        "\t\tpool_cancel yes",
+        "\t\tpool_reserve_prepared_statement yes",
+    ]
+    route += ["\t\t" + ln.strip() for ln in extra_route.splitlines() if ln.strip()]
+    parts = [
+        f"workers {workers}",
+        "log_to_stdout yes",
+        'log_format "%p %t %l [%i %s] (%c) %m\\n"',
+        extra_global.strip(),
+        "listen {",
+        f"\thost {_q(HOST)}",
+        f"\tport {listen_port}",
+        "}",
+        'storage "postgres_server" {',
+        '\ttype "remote"',
+        f"\thost {_q(HOST)}",
+        f"\tport {pg_port}",
+        "}",
+        routes.strip(),
+        "database default {",
+        "\tuser default {",
+        *route,
+        "\t}",
+        "}",
+    ]
+    if console:
+        parts += [
+            'storage "local" {',
+            '\ttype "local"',
+            "}",
+            'database "console" {',
+            "\tuser default {",
+            '\t\tauthentication "none"',
+            '\t\trole "admin"',
+            '\t\tpool "session"',
+            '\t\tstorage "local"',
+            "\t}",
+            "}",
+        ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0,
+              alive: Callable[[], bool] | None = None) -> None:
+    """Wait until host:port accepts TCP; ``alive()`` False aborts early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        if alive is not None and not alive():
+            raise ConnectionError(f"process died before {host}:{port} accepted connections")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} did not accept connections within {timeout}s")
+        time.sleep(0.05)
+
+
+class IthacaStartError(RuntimeError):
+    pass
+
+
+class IthacaProcess:
+    """``python -m ithaca CONFIG`` as a subprocess, output to a log file."""
+
+    def __init__(self, config_text: str, workdir: str | os.PathLike, port: int,
+                 python: str = sys.executable, env: dict | None = None,
+                 start_timeout: float = 10.0, name: str = "ithaca"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.host = HOST
+        self.config_path = self.workdir / f"{name}.conf"
+        self.log_path = self.workdir / f"{name}.log"
+        self.config_path.write_text(config_text)
+        run_env = dict(os.environ)
+        run_env["PYTHONUNBUFFERED"] = "1"
+        pp = run_env.get("PYTHONPATH")
+        run_env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
+        if env:
+            run_env.update(env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [python, "-m", "ithaca", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=str(self.workdir), env=run_env, start_new_session=True,
+        )
+        try:
+            wait_port(HOST, port, start_timeout, alive=lambda: self.proc.poll() is None)
+        except (ConnectionError, TimeoutError) as e:
+            self.terminate()
+            raise IthacaStartError(
+                f"ithaca did not start listening on {HOST}:{port}: {e} "
+                f"(exit code {self.proc.returncode})\n--- config {self.config_path} ---\n"
+                f"{config_text}--- log tail ---\n{self.log_tail()}"
+            ) from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres",
+            password: str | None = None, **kw: object) -> str:
+        parts: dict[str, object] = {
+            "host": HOST, "port": self.port, "dbname": dbname, "user": user,
+            "sslmode": "disable", "connect_timeout": 10,
+        }
+        if password is not None:
+            parts["password"] = password
+        parts.update(kw)
+        return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts.items())
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        """Wait for the process to exit; returns its exit code (TimeoutExpired if not)."""
+        return self.proc.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 50) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL (whole process group)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # children left in the group (e.g. worker processes)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self._log.closed:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> IthacaProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+
+def new_listen_port() -> int:
+    return free_port()
+
+
+def login_error(port: int, user: str = "postgres", database: str = "postgres",
+                password: str | None = None, timeout: float = 10.0) -> tuple[str, str]:
+    """Connect with asyncpg expecting a refusal; return (SQLSTATE, message) of its error."""
+    import asyncio
+
+    import asyncpg
+
+    async def attempt() -> tuple[str, str]:
+        try:
+            conn = await asyncpg.connect(host=HOST, port=port, user=user, database=database,
+                                         password=password, ssl=False, timeout=timeout)
+        except asyncpg.PostgresError as exc:
+            return exc.sqlstate, str(exc)
+        await conn.close()
+        raise AssertionError("the connection was accepted")
+
+    return asyncio.run(attempt())
+
+
+def vanish(conn: Any) -> None:
+    """Make a psycopg connection's socket disappear without a Terminate message."""
+    sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
