@@ -10,6 +10,7 @@ import secrets
 from typing import Protocol
 
 from .protocol import build_cancel_request
+from .server import ServerConn
 
 log = logging.getLogger("ithaca.cancel")
 
@@ -18,9 +19,12 @@ MAX_CANCELS_IN_FLIGHT = 64
 
 
 class CancelTarget(Protocol):
-    """What the directory needs of a client: its attached server's address and real key."""
+    """What the directory needs of a client: the server running its query, pinned to it
+    while the cancel is on its way so the server cannot move to another client meanwhile."""
 
-    def cancel_target(self) -> tuple[str, int, int, int] | None: ...
+    def cancel_begin(self) -> ServerConn | None: ...
+
+    def cancel_end(self, server: ServerConn) -> None: ...
 
 
 class CancelDirectory:
@@ -48,19 +52,26 @@ class CancelDirectory:
                                                     (secret & 0xFFFFFFFF).to_bytes(4, "big")):
             log.info("cancel request with an unknown key ignored")
             return False
-        target = entry[1].cancel_target()
-        if target is None:
-            return False
-        host, port, backend_pid, backend_secret = target
+        client = entry[1]
         async with self._in_flight:
+            server = client.cancel_begin()
+            if server is None:
+                return False
             try:
                 async with asyncio.timeout(CANCEL_TIMEOUT):
-                    _reader, writer = await asyncio.open_connection(host, port)
-                    writer.write(build_cancel_request(backend_pid, backend_secret))
-                    await writer.drain()
-                    writer.close()
-                    await writer.wait_closed()
+                    reader, writer = await asyncio.open_connection(server.host, server.port)
+                    try:
+                        writer.write(build_cancel_request(server.backend_pid,
+                                                          server.backend_secret))
+                        await writer.drain()
+                        # PostgreSQL closes the socket once it has signalled the backend;
+                        # only then may the server go to another client.
+                        await reader.read()
+                    finally:
+                        writer.close()
             except (OSError, TimeoutError) as exc:
-                log.warning("could not send cancel to %s:%s: %s", host, port, exc)
+                log.warning("could not send cancel to %r: %s", server, exc)
                 return False
+            finally:
+                client.cancel_end(server)
         return True

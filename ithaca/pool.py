@@ -24,11 +24,14 @@ class PoolTimeout(ServerError):
 class ServerPool:
     """Servers of one route. pool_size 0 means no limit; pool_timeout_ms 0 waits forever."""
 
-    def __init__(self, name: str, connect: Connector, pool_size: int, pool_timeout_ms: int) -> None:
+    def __init__(self, name: str, connect: Connector, pool_size: int, pool_timeout_ms: int,
+                 retry_window_ms: int = 0) -> None:
         self.name = name
         self._connect = connect
         self.pool_size = pool_size
         self.pool_timeout_ms = pool_timeout_ms
+        self.retry_window_ms = retry_window_ms  # keep retrying failed connects this long
+        self.generation = 0  # bumped when the storage changes; older servers are not reused
         self.idle: deque[ServerConn] = deque()
         self.active: set[ServerConn] = set()
         self.connecting = 0
@@ -62,7 +65,7 @@ class ServerPool:
                 raise ServerError("server pool is shut down", SqlState.ADMIN_SHUTDOWN)
             server = self._pop_idle()
             if server is None and self._has_room() and not self._waiters:
-                server = await self._open()
+                server = await self._open(started)
             if server is None:
                 server = await self._wait(deadline)
             if server is not None:
@@ -79,13 +82,28 @@ class ServerPool:
                 return server
         return None
 
-    async def _open(self) -> ServerConn:
+    async def _open(self, started: float) -> ServerConn:
+        """Connect a new server, retrying network failures with backoff within the window."""
         self.connecting += 1
+        delay = 0.05
+        window = max(self.retry_window_ms, self.pool_timeout_ms) / 1000
         try:
-            server = await self._connect()
+            while True:
+                try:
+                    server = await self._connect()
+                    break
+                except ServerError as exc:
+                    retryable = exc.error is None or exc.sqlstate == SqlState.CANNOT_CONNECT_NOW
+                    if not retryable or time.monotonic() + delay > started + window \
+                            or self.closed:
+                        raise
+                    log.warning("%s: %s; retrying in %.2f s", self.name, exc.message, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
         finally:
             self.connecting -= 1
         server.pool = self
+        server.generation = self.generation
         if self.closed:
             server.close()
             raise ServerError("server pool is shut down", SqlState.ADMIN_SHUTDOWN)
@@ -113,7 +131,7 @@ class ServerPool:
                 ) from None
             raise
         if server is None and self._has_room():
-            return await self._open()
+            return await self._open(time.monotonic())
         return server
 
     def release(self, server: ServerConn) -> None:
@@ -121,7 +139,7 @@ class ServerPool:
         self.active.discard(server)
         server.client = None
         server.last_used_at = time.monotonic()
-        if server.closed or self.closed:
+        if server.closed or self.closed or server.generation != self.generation:
             server.close()
             self._slot_freed()
             return
@@ -161,6 +179,21 @@ class ServerPool:
                 keep.append(server)
         self.idle = keep
         return closed
+
+    def reconfigure(self, pool_size: int, pool_timeout_ms: int, retry_window_ms: int,
+                    storage_changed: bool) -> None:
+        """Apply reloaded limits: new attachments see them; a new storage retires old servers."""
+        grew = pool_size == 0 or (self.pool_size != 0 and pool_size > self.pool_size)
+        self.pool_size = pool_size
+        self.pool_timeout_ms = pool_timeout_ms
+        self.retry_window_ms = retry_window_ms
+        if storage_changed:
+            self.generation += 1
+            self.close_idle()
+        if grew or storage_changed:
+            for _ in range(len(self._waiters)):
+                if self._has_room():
+                    self._slot_freed()
 
     def close(self) -> None:
         """Shut the pool: close idle servers now, active ones as they come back."""

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .link import Link
+from .params import ClientParams
 from .protocol import ProtocolError, SqlState, build_error
 from .protocol.scanner import ClientScanner, ServerScanner
+from .reset import leave_server
 from .server import ServerConn, ServerError
 
 if TYPE_CHECKING:
+    from .config import Rule
     from .router import Route
 
 log = logging.getLogger("ithaca.relay")
 
 _S = ord("S")
-RESET_TIMEOUT = 5.0  # seconds for ROLLBACK / DISCARD ALL before the server is closed instead
 
 
 class Relay:
@@ -28,13 +31,15 @@ class Relay:
     message of a transaction and released at ReadyForQuery 'I' with nothing outstanding; in
     session pooling it stays until the client leaves."""
 
-    def __init__(self, client: Link, route: Route, client_id: str,
+    def __init__(self, client: Link, route: Route, client_id: str, params: ClientParams,
                  on_server_attached: Callable[[ServerConn | None], None] | None = None) -> None:
         self.client = client
         self.route = route
+        self.rule: Rule = route.rule  # the rule this client logged in with, kept over reloads
         self.pool = route.pool
         self.client_id = client_id
-        self.release_each_transaction = route.rule.pool in ("transaction", "statement")
+        self.params = params
+        self.release_each_transaction = self.rule.pool in ("transaction", "statement")
         self.server: ServerConn | None = None
         self.client_scan = ClientScanner(route.max_message)
         self.server_scan = ServerScanner()
@@ -42,16 +47,17 @@ class Relay:
         self.pending: list[bytes] = []  # client bytes waiting for a server
         self.attaching: asyncio.Task[None] | None = None
         self.finished = False
+        self.closing = False  # shutting down: end the session at its next idle point
+        self.release_deferred = False  # a cancel is in flight; release when it is done
+        self.pinned = False  # keep the server across transactions (LISTEN)
+        self.last_active = time.monotonic()
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.on_server_attached = on_server_attached
-        self.background: set[asyncio.Task[None]] = set()
 
     # -- start and stop ----------------------------------------------------------------------
-    def start(self, initial: bytes, server: ServerConn | None = None) -> None:
+    def start(self, initial: bytes) -> None:
         self.client.sink = self.on_client_data
         self.client.on_lost = self._client_lost
-        if server is not None:
-            self._bind(server)
         if initial:
             self.on_client_data(initial)
 
@@ -67,7 +73,7 @@ class Relay:
         server = self.server
         if server is not None:
             self._unbind(server)
-            self._leave_server(server)
+            leave_server(self, server)
         self.client.close()
         if not self.done.done():
             self.done.set_result(reason)
@@ -81,6 +87,23 @@ class Relay:
     def _client_lost(self, _link: Link) -> None:
         self.finish("client disconnected")
 
+    @property
+    def idle(self) -> bool:
+        """Nothing asked of the server and no message half sent."""
+        return (self.outstanding == 0 and not self.client_scan.in_group and not self.pending
+                and self.client_scan.at_boundary and self.server_scan.at_boundary)
+
+    @property
+    def transaction_status(self) -> bytes:
+        return self.server_scan.status if self.server is not None else b"I"
+
+    def shutdown(self) -> None:
+        """Graceful stop: end now if idle outside a transaction, else after the current one."""
+        self.closing = True
+        if self.idle and self.transaction_status == b"I":
+            self.fail("terminating connection due to administrator command (ithaca is "
+                      "shutting down)", SqlState.ADMIN_SHUTDOWN)
+
     # -- client -> server --------------------------------------------------------------------
     def on_client_data(self, data: bytes) -> None:
         scan = self.client_scan
@@ -89,6 +112,7 @@ class Relay:
         except ProtocolError as exc:
             self.fail(exc.message, exc.sqlstate)
             return
+        self.last_active = time.monotonic()
         self.outstanding += scan.sync_points
         terminate_at = scan.terminate_at
         if terminate_at >= 0:
@@ -96,7 +120,7 @@ class Relay:
         if data:
             server = self.server
             if server is not None:
-                server.link.write(data)
+                self.forward_to_server(server, data)
             else:
                 self.pending.append(data)
                 if self.attaching is None:
@@ -105,14 +129,34 @@ class Relay:
         if terminate_at >= 0:
             self.finish("client sent Terminate")
 
+    def forward_to_server(self, server: ServerConn, data: bytes) -> None:
+        server.link.write(data)
+
     async def _attach(self) -> None:
         try:
             server = await self.pool.acquire()
+        except asyncio.CancelledError:
+            return
         except ServerError as exc:
             self.attaching = None
             self.fail(exc.message, exc.sqlstate)
             return
+        except Exception as exc:  # never leave the client waiting on a dead task
+            log.exception("%s: attaching a server failed", self.client_id)
+            self.attaching = None
+            self.fail(f"could not get a server connection: {exc}", SqlState.CONNECTION_FAILURE)
+            return
+        try:
+            if self.rule.maintain_params:
+                await self.params.deploy(server)
         except asyncio.CancelledError:
+            self.pool.discard(server)
+            return
+        except Exception as exc:
+            self.attaching = None
+            self.pool.discard(server)
+            sqlstate = getattr(exc, "sqlstate", SqlState.CONNECTION_FAILURE)
+            self.fail(f"could not apply client parameters on the server: {exc}", sqlstate)
             return
         self.attaching = None
         if self.finished:
@@ -121,7 +165,7 @@ class Relay:
         self._bind(server)
         data = b"".join(self.pending)
         self.pending.clear()
-        server.link.write(data)
+        self.forward_to_server(server, data)
         self.client.resume_reading()
 
     def _bind(self, server: ServerConn) -> None:
@@ -141,7 +185,7 @@ class Relay:
     def _unbind(self, server: ServerConn) -> None:
         self.server = None
         link = server.link
-        link.sink = _idle_server_data(server)
+        link.sink = idle_server_sink(server)
         link.on_lost = None
         link.peer = None
         self.client.peer = None
@@ -155,29 +199,48 @@ class Relay:
         try:
             scan.scan(data)
         except ProtocolError as exc:
-            server = self.server
-            log.error("%s: protocol error from server %r: %s", self.client_id, server, exc.message)
-            if server is not None:
-                self._unbind(server)
-                self.pool.discard(server)
-            self.fail(f"server sent invalid data: {exc.message}", SqlState.PROTOCOL_VIOLATION)
+            self._server_broke(exc)
             return
+        if scan.params:
+            self.params.note_reported(scan.params, self.server)
         if scan.copy_in and self.outstanding and not self.client_scan.in_group \
                 and self.client_scan.last_sync == _S:
             # PostgreSQL ignores a Sync that arrives during copy-in mode (libpq sends one
             # after Execute and another after CopyDone); that first Sync gets no 'Z'.
             self.outstanding -= 1
-        ready = scan.ready_count
         self.client.write(data)
-        if ready:
-            self.outstanding = max(0, self.outstanding - ready)
-            if (self.release_each_transaction and self.outstanding == 0 and scan.status == b"I"
-                    and not self.client_scan.in_group and scan.at_boundary
-                    and self.client_scan.at_boundary and self.server is not None):
-                server = self.server
-                server.status = b"I"
-                self._unbind(server)
-                self.pool.release(server)
+        if scan.ready_count:
+            self.outstanding = max(0, self.outstanding - scan.ready_count)
+            self.after_ready()
+
+    def after_ready(self) -> None:
+        """At a ReadyForQuery: release the server, or end a closing session, when idle."""
+        if not self.idle or self.server_scan.status != b"I" or self.server is None:
+            return
+        if self.closing:
+            self.fail("terminating connection due to administrator command (ithaca is "
+                      "shutting down)", SqlState.ADMIN_SHUTDOWN)
+            return
+        if self.release_each_transaction and not self.pinned:
+            if self.server.cancels_in_flight:
+                self.release_deferred = True
+                return
+            self.release_server()
+
+    def release_server(self) -> None:
+        server = self.server
+        assert server is not None
+        server.status = b"I"
+        self._unbind(server)
+        self.pool.release(server)
+
+    def _server_broke(self, exc: ProtocolError) -> None:
+        server = self.server
+        log.error("%s: protocol error from server %r: %s", self.client_id, server, exc.message)
+        if server is not None:
+            self._unbind(server)
+            self.pool.discard(server)
+        self.fail(f"server sent invalid data: {exc.message}", SqlState.PROTOCOL_VIOLATION)
 
     def _server_lost(self, _link: Link) -> None:
         server = self.server
@@ -188,54 +251,23 @@ class Relay:
         self.pool.discard(server)
         self.fail("server closed the connection unexpectedly", SqlState.CONNECTION_FAILURE)
 
-    # -- the server's fate when the client leaves --------------------------------------------
-    def _leave_server(self, server: ServerConn) -> None:
-        scan = self.server_scan
-        synced = (self.outstanding == 0 and not self.client_scan.in_group and scan.at_boundary
-                  and self.client_scan.at_boundary and not server.closed)
-        rule = self.route.rule
-        if not synced:
-            log.info("%s: client left with a request in flight; closing server %r",
-                     self.client_id, server)
-            self.pool.discard(server)
-            return
-        server.status = scan.status
-        queries = []
-        if scan.status != b"I":
-            if not rule.pool_rollback:
-                self.pool.discard(server)
-                return
-            queries.append("ROLLBACK")
-        if rule.pool_discard and not self.release_each_transaction:
-            queries.append("DISCARD ALL")
-        if not queries:
-            self.pool.release(server)
-            return
-        task = asyncio.get_running_loop().create_task(self._reset(server, queries))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+    # -- cancel requests -----------------------------------------------------------------------
+    def cancel_begin(self) -> ServerConn | None:
+        """The server to cancel on, pinned to this client until cancel_end."""
+        server = self.server
+        if server is None or server.closed or self.idle:
+            return None
+        server.cancels_in_flight += 1
+        return server
 
-    async def _reset(self, server: ServerConn, queries: list[str]) -> None:
-        server.link.sink = None
-        try:
-            for sql in queries:
-                await server.run_query(sql, RESET_TIMEOUT)
-        except (ServerError, ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
-            log.info("reset of %r failed (%s); closing it", server, exc)
-            self.pool.discard(server)
-            return
-        except Exception:  # a bug: never return a server we are unsure of
-            log.exception("reset of %r failed", server)
-            self.pool.discard(server)
-            return
-        if server.status != b"I":
-            self.pool.discard(server)
-            return
-        server.link.sink = _idle_server_data(server)
-        self.pool.release(server)
+    def cancel_end(self, server: ServerConn) -> None:
+        server.cancels_in_flight -= 1
+        if server.cancels_in_flight == 0 and self.release_deferred and self.server is server:
+            self.release_deferred = False
+            self.after_ready()
 
 
-def _idle_server_data(server: ServerConn) -> Callable[[bytes], None]:
+def idle_server_sink(server: ServerConn) -> Callable[[bytes], None]:
     """Data from a server nobody is attached to (a FATAL before shutdown, a stray notice):
     the connection can no longer be trusted, so close it."""
 

@@ -10,6 +10,8 @@ import time
 
 import scramp
 
+from . import tls
+from .config import Storage
 from .link import Link, LinkClosed
 from .protocol import (
     AuthCode,
@@ -25,11 +27,13 @@ from .protocol import (
     build_query,
     build_sasl_initial_response,
     build_sasl_response,
+    build_ssl_request,
     build_startup,
     build_terminate,
     md5_password_hash,
     parse_backend,
 )
+from .tls import TlsConfigError
 
 log = logging.getLogger("ithaca.server")
 
@@ -52,7 +56,8 @@ class ServerConn:
 
     __slots__ = (
         "id", "link", "host", "port", "params", "backend_pid", "backend_secret", "status",
-        "created_at", "last_used_at", "client", "pool", "max_message",
+        "created_at", "last_used_at", "client", "pool", "max_message", "generation",
+        "prepared", "extra_settings", "cancels_in_flight",
     )
 
     def __init__(self, host: str, port: int, max_message: int) -> None:
@@ -69,6 +74,10 @@ class ServerConn:
         self.client: object | None = None
         self.pool: object | None = None
         self.max_message = max_message
+        self.generation = 0
+        self.prepared: set[str] = set()  # pooler-named prepared statements present here
+        self.extra_settings: dict[str, str] = {}  # unreported settings we SET for a client
+        self.cancels_in_flight = 0  # a cancel for this server's query is on its way
 
     def __repr__(self) -> str:
         return f"<ServerConn {self.id} pid={self.backend_pid} {self.host}:{self.port}>"
@@ -78,14 +87,22 @@ class ServerConn:
         return self.link.closed
 
     async def connect(self, database: str, user: str, password: str | None,
-                      timeout: float | None) -> None:
-        """Open the socket and log in; raise ServerError with a client-facing message."""
+                      timeout: float | None, storage: Storage | None = None) -> None:
+        """Open the socket, negotiate TLS as the storage's `tls` asks, and log in; raise
+        ServerError with a client-facing message."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 await loop.create_connection(lambda: self.link, self.host, self.port)
+                if storage is not None and storage.tls != "disable":
+                    await self._negotiate_tls(storage)
                 self.link.write(build_startup({"user": user, "database": database}))
                 await self._login(user, password)
+        except TlsConfigError as exc:
+            self.close()
+            log.error("%s", exc.message)
+            raise ServerError(f"TLS to server {self.host}:{self.port} is misconfigured "
+                              f"(see the pooler log)") from None
         except TimeoutError:
             self.close()
             raise ServerError(f"timed out connecting to server {self.host}:{self.port}") from None
@@ -101,6 +118,25 @@ class ServerConn:
         except ServerError:
             self.close()
             raise
+
+    async def _negotiate_tls(self, storage: Storage) -> None:
+        """libpq's sslmode semantics: SSLRequest, one byte 'S' or 'N', then the handshake.
+        allow/prefer fall back to plaintext on 'N'; require and verify_* insist on TLS."""
+        ctx = tls.storage_context(storage)
+        self.link.write(build_ssl_request())
+        answer = await self.link.read()
+        if answer == b"N":
+            if storage.tls in tls.STORAGE_TLS_ONLY:
+                raise ServerError(f"server {self.host}:{self.port} does not support TLS but "
+                                  f"storage {storage.name!r} has tls {storage.tls!r}")
+            return
+        if answer[:1] == b"E":
+            raise ServerError(f"server {self.host}:{self.port} refused the SSLRequest")
+        if answer != b"S":
+            # more than one byte: someone injected data before the handshake (CVE-2021-23222)
+            raise ProtocolError(f"unexpected answer to SSLRequest: {answer[:8]!r}")
+        hostname = self.host if storage.tls == "verify_full" else None
+        await tls.start_tls(self.link, ctx, server_side=False, server_hostname=hostname)
 
     async def _login(self, user: str, password: str | None) -> None:
         reader = MessageReader(self.max_message)
@@ -162,6 +198,7 @@ class ServerConn:
 
     async def run_query(self, sql: str, timeout: float) -> None:
         """Run a reset/setup query while the server is not relaying; raise on error or timeout."""
+        self.link.sink = None
         self.link.write(build_query(sql))
         reader = MessageReader(self.max_message)
         failed: ErrorResponse | None = None
@@ -182,7 +219,11 @@ class ServerConn:
         if reader.pending():
             raise ProtocolError("server sent data after ReadyForQuery")
         if failed is not None:
-            raise ServerError(f"{sql!r} failed on server: {failed.message}", failed.sqlstate)
+            raise ServerError(f"{sql[:200]!r} failed on server: {failed.message}", failed.sqlstate)
+        if "DISCARD ALL" in sql or "DEALLOCATE ALL" in sql:
+            self.prepared.clear()
+        if "DISCARD ALL" in sql or "RESET ALL" in sql:
+            self.extra_settings.clear()
 
     def close(self) -> None:
         """Say goodbye if the socket is still up, then close it."""

@@ -33,7 +33,7 @@ from helpers import IthacaProcess, free_port, make_config  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
 _LOG_SOURCES = pytest.StashKey[list]()
-INTEGRATION_TIMEOUT = 120
+INTEGRATION_TIMEOUT = 60
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -284,3 +284,216 @@ def vanish(conn: Any) -> None:
     sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
     sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+# -- extended-protocol tests: libpq-level helpers and server pinning --------------------------
+# (used by tests/integration/test_extended_*.py)
+
+def _pq_wait(pgconn: Any, deadline: float, write: bool = False) -> None:
+    import select
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise AssertionError("timed out waiting for the server")
+    rlist, wlist = ([], [pgconn.socket]) if write else ([pgconn.socket], [])
+    select.select(rlist, wlist, [], min(remaining, 0.5))
+
+
+def pq_flush(pgconn: Any, timeout: float = 10.0) -> None:
+    """Send everything libpq has queued (works in nonblocking mode), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while pgconn.flush() != 0:
+        _pq_wait(pgconn, deadline, write=True)
+        pgconn.consume_input()
+
+
+def pq_next(pgconn: Any, timeout: float = 10.0) -> Any:
+    """``pgconn.get_result()`` without blocking past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pq_flush(pgconn, timeout)
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        _pq_wait(pgconn, deadline)
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def pq_summary(res: Any) -> tuple:
+    """(status name, sqlstate or None, rows as tuples of str/None) of a PGresult."""
+    from psycopg import pq
+
+    status = pq.ExecStatus(res.status).name
+    sqlstate = res.error_field(pq.DiagnosticField.SQLSTATE)
+    rows = tuple(
+        tuple(None if (v := res.get_value(r, c)) is None else bytes(v).decode()
+              for c in range(res.nfields))
+        for r in range(res.ntuples)
+    )
+    return status, sqlstate.decode() if sqlstate else None, rows
+
+
+def pq_call(pgconn: Any, send: Callable[[], None], timeout: float = 10.0) -> list[tuple]:
+    """Outside pipeline mode: ``send()`` one request, return the pq_summary of every result."""
+    send()
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        res = pq_next(pgconn, max(0.01, deadline - time.monotonic()))
+        if res is None:
+            return out
+        out.append(pq_summary(res))
+
+
+def pq_pipeline_results(pgconn: Any, syncs: int, timeout: float = 10.0) -> list:
+    """In pipeline mode: read results until ``syncs`` PIPELINE_SYNC results arrived.
+
+    Returns pq_summary tuples, ``None`` for the end of one statement's results and
+    ``"SYNC"`` for each pipeline sync point.
+    """
+    from psycopg import pq
+
+    out: list = []
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < syncs:
+        res = pq_next(pgconn, max(0.01, deadline - time.monotonic()))
+        if res is None:
+            out.append(None)
+        elif res.status == pq.ExecStatus.PIPELINE_SYNC:
+            out.append("SYNC")
+            seen += 1
+        else:
+            out.append(pq_summary(res))
+    return out
+
+
+def pq_put_copy(pgconn: Any, data: bytes, timeout: float = 10.0) -> None:
+    """``put_copy_data`` that copes with a full send buffer in nonblocking mode."""
+    deadline = time.monotonic() + timeout
+    while pgconn.put_copy_data(data) == 0:
+        _pq_wait(pgconn, deadline, write=True)
+        pgconn.flush()
+
+
+def pq_end_copy(pgconn: Any, error: bytes | None = None, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pgconn.put_copy_end(error) == 0:
+        _pq_wait(pgconn, deadline, write=True)
+        pgconn.flush()
+    pq_flush(pgconn, timeout)
+
+
+def pq_read_copy(pgconn: Any, timeout: float = 20.0) -> bytes:
+    """Read a COPY TO STDOUT stream to its end; the final result is left for pq_next."""
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        n, data = pgconn.get_copy_data(1)
+        if n > 0:
+            chunks.append(bytes(data))
+        elif n == 0:
+            _pq_wait(pgconn, deadline)
+            pgconn.consume_input()
+        else:  # -1: done, -2: error
+            return b"".join(chunks)
+
+
+class ServerPinner:
+    """Hold every server of a transaction-pooling route (``size`` of them) in an open
+    transaction, so that the next transaction of another client lands on a chosen server:
+    ``route_to(pid)`` ends the transaction holding ``pid`` (the only server left free),
+    ``hold_all()`` takes it back.  Close with ``close()`` or use as a context manager."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        import psycopg
+
+        self.holders: list[Any] = []
+        self.pids: list[int] = []
+        self.held: list[bool] = []
+        try:
+            for _ in range(size):
+                conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
+                self.holders.append(conn)
+                self.pids.append(self._begin(conn))
+                self.held.append(True)
+        except BaseException:
+            self.close()
+            raise
+        if len(set(self.pids)) != size:
+            self.close()
+            raise AssertionError(f"holders share servers: {self.pids}")
+
+    @staticmethod
+    def _begin(conn: Any) -> int:
+        conn.execute("BEGIN")
+        return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    def hold_all(self) -> None:
+        """Every holder back in a transaction (each takes whichever server is free)."""
+        before = set(self.pids)
+        for i, conn in enumerate(self.holders):
+            if not self.held[i]:
+                self.pids[i] = self._begin(conn)
+                self.held[i] = True
+        assert set(self.pids) == before, f"the servers changed: {before} -> {self.pids}"
+
+    def route_to(self, pid: int) -> None:
+        """Free only server ``pid``: the next transaction of another client lands on it."""
+        self.hold_all()
+        i = self.pids.index(pid)
+        self.holders[i].execute("COMMIT")
+        self.held[i] = False
+
+    def other(self, pid: int) -> int:
+        return next(p for p in self.pids if p != pid)
+
+    def release_all(self) -> None:
+        for i, conn in enumerate(self.holders):
+            if self.held[i]:
+                conn.execute("COMMIT")
+                self.held[i] = False
+
+    def close(self) -> None:
+        for conn in self.holders:
+            conn.close()
+
+    def __enter__(self) -> ServerPinner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_threads(fn: Callable[[int], Any], count: int, timeout: float = 30.0) -> list:
+    """Run ``fn(i)`` for i in range(count) in daemon threads; return the results in order.
+
+    Waits at most ``timeout`` seconds in all; fails on a hung thread or re-raises the first
+    exception (the others are listed in its notes).
+    """
+    import threading
+
+    results: list = [None] * count
+    errors: list[tuple[int, BaseException]] = []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:  # re-raised below
+            errors.append((i, exc))
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = [i for i, t in enumerate(threads) if t.is_alive()]
+    if errors:
+        i, first = errors[0]
+        for j, other in errors[1:4]:
+            first.add_note(f"thread {j} also failed: {other!r}")
+        first.add_note(f"in thread {i}" + (f"; threads still running: {hung}" if hung else ""))
+        raise first
+    if hung:
+        raise AssertionError(f"threads {hung} still running after {timeout}s")
+    return results

@@ -7,13 +7,15 @@ from .errors import ProtocolError
 
 # Client messages that ask the server for a ReadyForQuery: 'Q' Query, 'S' Sync, 'F' FunctionCall.
 _SYNC_POINTS = frozenset(b"QSF")
-# Client messages that are part of an extended-protocol group still waiting for its Sync.
-_GROUP_MEMBERS = frozenset(b"PBDECH")
-_COPY_FRONTEND = frozenset(b"dcf")
+# Client messages that open an extended-protocol group that waits for its Sync. A Flush
+# ('H') does not: psycopg sends one after every Sync, and a group it follows is open anyway.
+_GROUP_MEMBERS = frozenset(b"PBDEC")
+_PASSIVE = frozenset(b"dcfH")  # copy data/done/fail and Flush: no group change
 _TERMINATE = ord("X")
 _READY = ord("Z")
 # Server messages that start copy-in mode: 'G' CopyInResponse, 'W' CopyBothResponse.
 _COPY_IN = frozenset(b"GW")
+_PARAMETER_STATUS = ord("S")
 
 
 class ClientScanner:
@@ -77,7 +79,7 @@ class ClientScanner:
             self.in_group = True
         elif mtype == _TERMINATE:
             self.terminate_at = max(pos, 0)
-        elif mtype not in _COPY_FRONTEND:
+        elif mtype not in _PASSIVE:
             raise ProtocolError(f"unexpected message type {chr(mtype)!r} from client")
         return 0
 
@@ -86,15 +88,18 @@ class ServerScanner:
     """Counts ReadyForQuery ('Z') messages from the server and keeps the last
     transaction status byte; also notes copy-in mode starting."""
 
-    __slots__ = ("_skip", "_head", "_want_status", "ready_count", "status", "copy_in")
+    __slots__ = ("_skip", "_head", "_want_status", "_param_part", "ready_count", "status",
+                 "copy_in", "params")
 
     def __init__(self) -> None:
         self._skip = 0
         self._head = b""
         self._want_status = False  # the last header was 'Z' and its status byte is in the next chunk
+        self._param_part: bytearray | None = None  # a ParameterStatus body cut by the chunk end
         self.ready_count = 0  # 'Z' seen in the last scanned chunk
         self.status = b"I"
         self.copy_in = False  # a 'G'/'W' was seen in the last chunk
+        self.params: list[bytes] = []  # 'S' ParameterStatus bodies completed in the last chunk
 
     @property
     def at_boundary(self) -> bool:
@@ -103,11 +108,18 @@ class ServerScanner:
     def scan(self, data: bytes) -> None:
         ready = 0
         self.copy_in = False
+        if self.params:
+            self.params = []
         end = len(data)
         pos = self._skip
         if self._want_status and end:
             self.status = data[0:1]
             self._want_status = False
+        if self._param_part is not None:
+            self._param_part += data[: min(pos, end)]
+            if pos <= end:
+                self.params.append(bytes(self._param_part))
+                self._param_part = None
         if self._head:
             need = 5 - len(self._head)
             if end < need:
@@ -131,6 +143,8 @@ class ServerScanner:
                     self._want_status = True
             elif mtype in _COPY_IN:
                 self.copy_in = True
+            elif mtype == _PARAMETER_STATUS:
+                self._note_param(data, pos + 5, pos + 1 + length)
             pos += 1 + length
         if pos < end:
             self._head = data[pos:]
@@ -139,6 +153,12 @@ class ServerScanner:
             self._skip = pos - end
         self.ready_count = ready
 
+    def _note_param(self, data: bytes, start: int, stop: int) -> None:
+        if stop <= len(data):
+            self.params.append(data[start:stop])
+        else:
+            self._param_part = bytearray(data[start:])
+
     def _carried_header(self, header: bytes, data: bytes, body_at: int) -> int:
         length = int.from_bytes(header[1:5], "big")
         if length < 4:
@@ -146,6 +166,8 @@ class ServerScanner:
         mtype = header[0]
         if mtype in _COPY_IN:
             self.copy_in = True
+        elif mtype == _PARAMETER_STATUS:
+            self._note_param(data, body_at, body_at + length - 4)
         if mtype != _READY:
             return 0
         if body_at < len(data):
