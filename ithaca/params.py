@@ -100,8 +100,6 @@ class ClientParams:
         """ParameterStatus values to report to the client at login."""
         view = dict(defaults)
         view.update(self.reported)
-        if "client_encoding" in self.reported:
-            view["client_encoding"] = _normalise_encoding(self.reported["client_encoding"])
         return view
 
     def note_reported(self, bodies: Iterable[bytes], server: ServerConn | None) -> None:
@@ -115,6 +113,10 @@ class ClientParams:
                 server.params[key] = text
             if key in REPORTED_SETTABLE:
                 self.reported[key] = text
+
+    def deploy_sql_needed(self, defaults: Mapping[str, str]) -> bool:
+        """True when the client asked for reported settings other than the defaults."""
+        return any(defaults.get(name) != value for name, value in self.reported.items())
 
     def deploy_sql(self, server: ServerConn) -> str | None:
         statements = []
@@ -140,9 +142,3 @@ class ClientParams:
             # next comparison matches instead of deploying again.
             if name in server.params:
                 self.reported[name] = server.params[name]
-
-
-def _normalise_encoding(value: str) -> str:
-    compact = value.replace("-", "").replace("_", "").upper()
-    return {"UTF8": "UTF8", "UNICODE": "UTF8", "LATIN1": "LATIN1", "SQLASCII": "SQL_ASCII"}.get(
-        compact, value)

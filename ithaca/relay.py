@@ -162,13 +162,13 @@ class Relay:
         if self.finished:
             self.pool.release(server)
             return
-        self._bind(server)
+        self._attach_server(server)
         data = b"".join(self.pending)
         self.pending.clear()
         self.forward_to_server(server, data)
         self.client.resume_reading()
 
-    def _bind(self, server: ServerConn) -> None:
+    def _attach_server(self, server: ServerConn) -> None:
         self.server = server
         server.client = self
         self.server_scan = ServerScanner()
@@ -208,10 +208,26 @@ class Relay:
             # PostgreSQL ignores a Sync that arrives during copy-in mode (libpq sends one
             # after Execute and another after CopyDone); that first Sync gets no 'Z'.
             self.outstanding -= 1
-        self.client.write(data)
+            self.sync_ignored()
+        if scan.listen:
+            # LISTEN pins the client to this server so notifications reach it.
+            self.pinned = scan.listen > 0
+        self.deliver(data)
         if scan.ready_count:
             self.outstanding = max(0, self.outstanding - scan.ready_count)
             self.after_ready()
+
+    def deliver(self, data: bytes) -> None:
+        """Server bytes to the client (the prepared-statement relay rewrites some)."""
+        self.client.write(data)
+
+    def sync_ignored(self) -> None:
+        """The server skipped the client's last Sync (copy-in mode)."""
+
+    @property
+    def server_state_known(self) -> bool:
+        """False when the server may hold state the pool cannot account for."""
+        return True
 
     def after_ready(self) -> None:
         """At a ReadyForQuery: release the server, or end a closing session, when idle."""

@@ -32,7 +32,8 @@ def leave_server(relay: Relay, server: ServerConn) -> None:
     client_scan = relay.client_scan
     synced = relay.outstanding == 0 and not client_scan.in_group and \
         relay.server_scan.at_boundary and client_scan.at_boundary
-    if not synced and not (rule.pool_cancel and client_scan.at_boundary):
+    if not relay.server_state_known or \
+            (not synced and not (rule.pool_cancel and client_scan.at_boundary)):
         log.info("%s: client left in the middle of a request; closing %r", relay.client_id,
                  server)
         pool.discard(server)
@@ -41,6 +42,8 @@ def leave_server(relay: Relay, server: ServerConn) -> None:
     queries = []
     if rule.pool_discard and not relay.release_each_transaction:
         queries.append("DISCARD ALL")
+    elif relay.pinned:
+        queries.append("UNLISTEN *")  # a transaction-pooling listener leaves no LISTEN behind
     drain = None
     if not synced:
         drain = (relay.server_scan, relay.outstanding, client_scan.in_group)

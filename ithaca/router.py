@@ -94,7 +94,7 @@ class Router:
                                 max_message=route.max_message)
             await server.connect(storage_db, storage_user,
                                  current.storage_password or passthrough,
-                                 timeout_ms / 1000 if timeout_ms else None)
+                                 timeout_ms / 1000 if timeout_ms else None, storage=storage)
             log.debug("%s: new server %r", route.name, server)
             route.server_params = dict(server.params)
             return server

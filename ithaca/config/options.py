@@ -65,6 +65,7 @@ GLOBAL_OPTIONS: dict[str, OptionSpec] = {
     "graceful_shutdown_timeout_ms": _yes(U),
     "backend_connect_timeout_ms": _yes(U),
     "max_sigterms_to_die": _yes(U),
+    "hba_file": _yes(S),
     # accepted, warns
     "sequential_routing": _warn(B),
     "priority": _warn(SI),
@@ -87,7 +88,6 @@ GLOBAL_OPTIONS: dict[str, OptionSpec] = {
     "keepalive_usr_timeout": _warn(SI),
     "client_max_routing": _warn(U),
     "server_login_retry": _warn(U),
-    "hba_file": _warn(S),
     "graceful_die_on_errors": _warn(B),
     "availability_zone": _warn(S),
     "enable_online_restart": _warn(B),

@@ -16,6 +16,8 @@ _READY = ord("Z")
 # Server messages that start copy-in mode: 'G' CopyInResponse, 'W' CopyBothResponse.
 _COPY_IN = frozenset(b"GW")
 _PARAMETER_STATUS = ord("S")
+_COMMAND_COMPLETE = ord("C")
+_LISTEN_TAGS = frozenset({b"LI", b"UN"})
 
 
 class ClientScanner:
@@ -89,7 +91,7 @@ class ServerScanner:
     transaction status byte; also notes copy-in mode starting."""
 
     __slots__ = ("_skip", "_head", "_want_status", "_param_part", "ready_count", "status",
-                 "copy_in", "params")
+                 "copy_in", "params", "listen")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -100,6 +102,7 @@ class ServerScanner:
         self.status = b"I"
         self.copy_in = False  # a 'G'/'W' was seen in the last chunk
         self.params: list[bytes] = []  # 'S' ParameterStatus bodies completed in the last chunk
+        self.listen = 0  # last chunk completed a LISTEN (1) or an UNLISTEN (-1)
 
     @property
     def at_boundary(self) -> bool:
@@ -108,6 +111,7 @@ class ServerScanner:
     def scan(self, data: bytes) -> None:
         ready = 0
         self.copy_in = False
+        self.listen = 0
         if self.params:
             self.params = []
         end = len(data)
@@ -145,6 +149,12 @@ class ServerScanner:
                 self.copy_in = True
             elif mtype == _PARAMETER_STATUS:
                 self._note_param(data, pos + 5, pos + 1 + length)
+            elif mtype == _COMMAND_COMPLETE and data[pos + 5 : pos + 7] in _LISTEN_TAGS:
+                tag = data[pos + 5 : pos + 14]
+                if tag.startswith(b"LISTEN\0"):
+                    self.listen = 1
+                elif tag.startswith(b"UNLISTEN\0"):
+                    self.listen = -1
             pos += 1 + length
         if pos < end:
             self._head = data[pos:]

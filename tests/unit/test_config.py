@@ -453,7 +453,6 @@ def test_unimplemented_options_warn_with_location() -> None:
             (6, "block", "balancing"),
             (8, "option", "server_max_routing"),
             (8, "block", "watchdog"),
-            (9, "option", "hba_file"),
             (10, "block", "soft_oom"),
             (11, "block", "online_restart_drop_options"),
             (16, "option", "client_fwd_error"),
