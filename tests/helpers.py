@@ -263,7 +263,6 @@ def new_listen_port() -> int:
 def login_error(port: int, user: str = "postgres", database: str = "postgres",
                 password: str | None = None, timeout: float = 10.0) -> tuple[str, str]:
     """Connect with asyncpg expecting a refusal; return (SQLSTATE, message) of its error."""
-    import asyncio
 
     import asyncpg
 
