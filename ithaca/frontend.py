@@ -100,6 +100,13 @@ class Client:
     def _set_server(self, server: ServerConn | None) -> None:
         self.server = server
 
+    def shutdown(self) -> None:
+        """Graceful stop: end now if idle or still logging in, else after this transaction."""
+        if self.relay is not None:
+            self.relay.shutdown()
+        else:
+            self.stop("the pooler is shutting down", SqlState.ADMIN_SHUTDOWN)
+
     def stop(self, message: str, sqlstate: str) -> None:
         """End this client from outside (shutdown, admin kill, timeouts)."""
         if self.relay is not None:

@@ -114,12 +114,13 @@ class Instance:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_log)
         try:
             await self._stop.wait()
-            await self._shutdown()
+            await system.shutdown(self.config.graceful_shutdown_timeout_ms / 1000)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self._remove_pid_file()
         log.info("ithaca stopped")
@@ -129,35 +130,34 @@ class Instance:
         self._signals += 1
         if self._signals >= 2:
             log.warning("second stop signal: exiting now")
+            self._remove_pid_file()
             os._exit(1)
-        log.info("%s received: shutting down", signal.Signals(sig).name)
+        log.info("%s received: shutting down gracefully (up to %d ms; send it again to exit "
+                 "now)", signal.Signals(sig).name, self.config.graceful_shutdown_timeout_ms)
         self._stop.set()
 
-    def _on_reload_signal(self) -> None:
+    def reload(self) -> bool:
+        """Read the config file again and apply it; keep the running one if it is invalid."""
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("reload failed, keeping the running config:\n%s", exc)
-            return
-        log.warning("SIGHUP: config %s is valid; applying a new config needs a restart in "
-                    "this version", new.path)
+            log.error("reload failed, the running config stays in effect:\n%s", exc)
+            return False
+        self.config = new
+        setup_logging(new)
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        assert self.system is not None
+        report = self.system.reload(new)
+        if report:
+            log.info("reloaded %s: %s", self.config_path, "; ".join(report))
+        else:
+            log.info("reloaded %s: no changes", self.config_path)
+        return True
 
-    async def _shutdown(self) -> None:
-        system = self.system
-        assert system is not None
-        system.stop_accepting()
-        for route in system.router.routes.values():
-            route.pool.close_idle()
-        deadline = self.config.graceful_shutdown_timeout_ms / 1000
-        clients = [c.task for c in system.clients if c.task is not None]
-        if clients:
-            log.info("waiting up to %.1f s for %d clients", deadline, len(clients))
-            _done, pending = await asyncio.wait(clients, timeout=deadline)
-            for client in list(system.clients):
-                client.stop("ithaca is shutting down", "57P01")
-            if pending:
-                await asyncio.wait(pending, timeout=2)
-        system.close()
+    def _reopen_log(self) -> None:
+        setup_logging(self.config)
+        log.info("log file reopened")
 
     def _write_pid_file(self) -> None:
         if self.config.pid_file:

@@ -32,6 +32,7 @@ class ServerPool:
         self.pool_timeout_ms = pool_timeout_ms
         self.retry_window_ms = retry_window_ms  # keep retrying failed connects this long
         self.generation = 0  # bumped when the storage changes; older servers are not reused
+        self.server_lifetime = 0  # seconds; older servers are closed when they come back
         self.idle: deque[ServerConn] = deque()
         self.active: set[ServerConn] = set()
         self.connecting = 0
@@ -139,7 +140,9 @@ class ServerPool:
         self.active.discard(server)
         server.client = None
         server.last_used_at = time.monotonic()
-        if server.closed or self.closed or server.generation != self.generation:
+        if server.closed or self.closed or server.generation != self.generation or (
+                self.server_lifetime
+                and server.last_used_at - server.created_at >= self.server_lifetime):
             server.close()
             self._slot_freed()
             return
@@ -150,6 +153,12 @@ class ServerPool:
                 waiter.set_result(server)
                 return
         self.idle.append(server)
+
+    async def add_idle(self) -> None:
+        """Open one more server for the idle list (min_pool_size), if there is room."""
+        if self.closed or not self._has_room():
+            return
+        self.release(await self._open(time.monotonic()))
 
     def discard(self, server: ServerConn) -> None:
         """Close a server that cannot be reused and let a waiter open a new one."""
@@ -181,8 +190,9 @@ class ServerPool:
         return closed
 
     def reconfigure(self, pool_size: int, pool_timeout_ms: int, retry_window_ms: int,
-                    storage_changed: bool) -> None:
+                    server_lifetime: int, storage_changed: bool) -> None:
         """Apply reloaded limits: new attachments see them; a new storage retires old servers."""
+        self.server_lifetime = server_lifetime
         grew = pool_size == 0 or (self.pool_size != 0 and pool_size > self.pool_size)
         self.pool_size = pool_size
         self.pool_timeout_ms = pool_timeout_ms

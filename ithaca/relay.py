@@ -215,6 +215,7 @@ class Relay:
         self.deliver(data)
         if scan.ready_count:
             self.outstanding = max(0, self.outstanding - scan.ready_count)
+            self.last_active = time.monotonic()
             self.after_ready()
 
     def deliver(self, data: bytes) -> None:

@@ -77,7 +77,7 @@ class Router:
             else None
         key = (_rule_key(rule), storage_db, storage_user, passthrough)
         route = self.routes.get(key)
-        if route is None:
+        if route is None or route.removed:
             route = self._new_route(rule, storage_db, storage_user, passthrough)
             self.routes[key] = route
         return route
@@ -101,6 +101,7 @@ class Router:
 
         pool = ServerPool(f"{storage_db}.{storage_user}", connect, rule.pool_size,
                           rule.pool_timeout, config.backend_connect_timeout_ms)
+        pool.server_lifetime = rule.server_lifetime
         route = Route(rule, storage_db, storage_user, pool, password=passthrough)
         return route
 
@@ -149,8 +150,17 @@ class Router:
                 rule.storage_password != route.rule.storage_password
             route.rule = rule
             route.pool.reconfigure(rule.pool_size, rule.pool_timeout,
-                                   new.backend_connect_timeout_ms, storage_changed)
+                                   new.backend_connect_timeout_ms, rule.server_lifetime,
+                                   storage_changed)
         return report
+
+    def prepare_routes(self) -> None:
+        """Create the routes of rules that name both database and user, so min_pool_size
+        servers are opened before the first client (default rules wait for one)."""
+        for rule in self.config.rules:
+            if rule.database is not None and rule.user is not None \
+                    and rule.min_pool_size and not rule.storage.is_local:
+                self.route_for(rule, rule.database, rule.user)
 
     def close(self) -> None:
         for route in self.routes.values():

@@ -12,6 +12,8 @@ from .config import Config, Listen
 from .console import Console
 from .frontend import Client
 from .link import Link
+from .periodic import Periodic
+from .protocol import SqlState
 from .router import Router
 
 log = logging.getLogger("ithaca.system")
@@ -25,7 +27,8 @@ class System:
         self.console = Console()
         self.clients: set[Client] = set()
         self._servers: list[tuple[asyncio.Server, Listen]] = []
-        self._listen_of: dict[asyncio.Server, Listen] = {}
+        self.periodic = Periodic(self)
+        self._periodic_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open every listen address; raise OSError if one cannot be bound."""
@@ -41,6 +44,8 @@ class System:
                 self._servers.append((server, listen))
                 for sock in server.sockets:
                     log.info("listening on %s", _sockname(sock))
+        self.router.prepare_routes()
+        self._periodic_task = loop.create_task(self.periodic.run())
 
     @staticmethod
     def _resolve(listen: Listen) -> list[str | None]:
@@ -57,16 +62,42 @@ class System:
         timeout_ms = listen.client_login_timeout if listen is not None else 0
         return timeout_ms / 1000 if timeout_ms else None
 
+    def reload(self, config: Config) -> list[str]:
+        """Swap in a validated config: new clients use its rules; connected ones keep theirs."""
+        report = self.router.reload(config)
+        self.config = config
+        self.router.prepare_routes()
+        return report
+
     def stop_accepting(self) -> None:
         for server, _listen in self._servers:
             server.close()
 
-    async def wait_closed(self) -> None:
-        for server, _listen in self._servers:
-            await server.wait_closed()
+    async def shutdown(self, timeout: float) -> None:
+        """Graceful stop: refuse new connections, close idle servers, let active clients end
+        their current transaction within `timeout` seconds, then close everything."""
+        self.stop_accepting()
+        for route in self.router.routes.values():
+            route.pool.close_idle()
+        for client in list(self.clients):
+            client.shutdown()
+        tasks = [c.task for c in self.clients if c.task is not None and not c.task.done()]
+        if tasks:
+            log.info("waiting up to %.1f s for %d clients to finish", timeout, len(tasks))
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("graceful_shutdown_timeout_ms passed: closing %d clients",
+                            len(pending))
+                for client in list(self.clients):
+                    client.stop("terminating connection due to administrator command",
+                                SqlState.ADMIN_SHUTDOWN)
+                await asyncio.wait(pending, timeout=2)
+        self.close()
 
     def close(self) -> None:
         self.stop_accepting()
+        if self._periodic_task is not None:
+            self._periodic_task.cancel()
         self.router.close()
 
 
