@@ -17,6 +17,7 @@ from .protocol import (
     AuthCode,
     Authentication,
     BackendKeyData,
+    DataRow,
     ErrorResponse,
     MessageReader,
     ParameterStatus,
@@ -196,28 +197,36 @@ class ServerConn:
                               SqlState.FEATURE_NOT_SUPPORTED)
         return scram
 
-    async def run_query(self, sql: str, timeout: float) -> None:
-        """Run a reset/setup query while the server is not relaying; raise on error or timeout."""
+    async def exchange(self, request: bytes, timeout: float
+                       ) -> tuple[list[DataRow], ErrorResponse | None]:
+        """Send a request of our own (not relaying) and read through its ReadyForQuery:
+        returns the data rows and the error, if any; ParameterStatus updates self.params."""
         self.link.sink = None
-        self.link.write(build_query(sql))
+        self.link.write(request)
         reader = MessageReader(self.max_message)
+        rows: list[DataRow] = []
         failed: ErrorResponse | None = None
         async with asyncio.timeout(timeout):
             while True:
                 mtype, body = await self.link.read_message(reader)
-                if mtype == b"E":
+                if mtype in (b"D", b"E", b"S"):
                     message = parse_backend(mtype, body)
-                    assert isinstance(message, ErrorResponse)
-                    failed = message
-                elif mtype == b"S":
-                    message = parse_backend(mtype, body)
-                    assert isinstance(message, ParameterStatus)
-                    self.params[message.name] = message.value
+                    if isinstance(message, DataRow):
+                        rows.append(message)
+                    elif isinstance(message, ErrorResponse):
+                        failed = message
+                    elif isinstance(message, ParameterStatus):
+                        self.params[message.name] = message.value
                 elif mtype == b"Z":
                     self.status = body[:1]
                     break
         if reader.pending():
             raise ProtocolError("server sent data after ReadyForQuery")
+        return rows, failed
+
+    async def run_query(self, sql: str, timeout: float) -> None:
+        """Run a reset/setup query while the server is not relaying; raise on error or timeout."""
+        _rows, failed = await self.exchange(build_query(sql), timeout)
         if failed is not None:
             raise ServerError(f"{sql[:200]!r} failed on server: {failed.message}", failed.sqlstate)
         if "DISCARD ALL" in sql or "DEALLOCATE ALL" in sql:

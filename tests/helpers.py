@@ -512,3 +512,156 @@ def run_threads(fn: Callable[[int], Any], count: int, timeout: float = 30.0) -> 
     if hung:
         raise AssertionError(f"threads {hung} still running after {timeout}s")
     return results
+
+
+# -- lifecycle tests: a raw protocol client, CancelRequests, socket and backend checks ---------
+# (used by tests/integration/test_lifecycle_*.py)
+
+CANCEL_REQUEST_CODE = 80877102
+
+
+def error_fields(payload: bytes) -> dict[str, str]:
+    """The fields of an ErrorResponse/NoticeResponse body, keyed by their one-letter code."""
+    out: dict[str, str] = {}
+    for part in payload.split(b"\0"):
+        if part:
+            out[chr(part[0])] = part[1:].decode(errors="replace")
+    return out
+
+
+class RawPgClient:
+    """A minimal protocol-3 client on a plain socket (trust login only). Keeps the
+    BackendKeyData it was sent as ``pid`` / ``secret`` so tests can forge CancelRequests."""
+
+    def __init__(self, port: int, user: str = "postgres", database: str = "postgres",
+                 host: str = HOST, timeout: float = 10.0) -> None:
+        import struct
+
+        self._struct = struct
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self._buf = b""
+        self.pid: int | None = None
+        self.secret: int | None = None
+        try:
+            body = b"".join(k.encode() + b"\0" + v.encode() + b"\0"
+                            for k, v in (("user", user), ("database", database))) + b"\0"
+            self.sock.sendall(struct.pack("!ii", len(body) + 8, 196608) + body)
+            for tag, payload in self.read_until_ready(timeout):
+                if tag == b"K":
+                    self.pid, self.secret = struct.unpack("!II", payload[:8])
+                elif tag == b"E":
+                    raise AssertionError(f"login refused: {error_fields(payload)}")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _read_message(self, deadline: float) -> tuple[bytes, bytes]:
+        while True:
+            if len(self._buf) >= 5:
+                length = self._struct.unpack("!i", self._buf[1:5])[0]
+                if len(self._buf) >= 1 + length:
+                    tag, payload = self._buf[:1], self._buf[5:1 + length]
+                    self._buf = self._buf[1 + length:]
+                    return tag, payload
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out waiting for a message from the server")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self._buf += chunk
+
+    def read_until_ready(self, timeout: float = 10.0) -> list[tuple[bytes, bytes]]:
+        """Messages up to and including the next ReadyForQuery."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            tag, payload = self._read_message(deadline)
+            out.append((tag, payload))
+            if tag == b"Z":
+                return out
+
+    def send_query(self, sql: str) -> None:
+        body = sql.encode() + b"\0"
+        self.sock.sendall(b"Q" + self._struct.pack("!i", len(body) + 4) + body)
+
+    def query(self, sql: str, timeout: float = 10.0) -> tuple[list[tuple[str | None, ...]],
+                                                               str | None]:
+        """Simple query: (rows as text tuples, SQLSTATE of its error or None)."""
+        self.send_query(sql)
+        return self.result(timeout)
+
+    def result(self, timeout: float = 10.0) -> tuple[list[tuple[str | None, ...]], str | None]:
+        rows: list[tuple[str | None, ...]] = []
+        sqlstate = None
+        for tag, payload in self.read_until_ready(timeout):
+            if tag == b"D":
+                n = self._struct.unpack("!h", payload[:2])[0]
+                pos, row = 2, []
+                for _ in range(n):
+                    size = self._struct.unpack("!i", payload[pos:pos + 4])[0]
+                    pos += 4
+                    if size < 0:
+                        row.append(None)
+                    else:
+                        row.append(payload[pos:pos + size].decode())
+                        pos += size
+                rows.append(tuple(row))
+            elif tag == b"E":
+                sqlstate = error_fields(payload).get("C")
+        return rows, sqlstate
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"X\0\0\0\4")
+        self.sock.close()
+
+    def __enter__(self) -> RawPgClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def send_cancel_request(port: int, pid: int, secret: int, host: str = HOST,
+                        timeout: float = 5.0) -> None:
+    """Send one CancelRequest and wait (at most ``timeout``) for the other side to close."""
+    import struct
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, pid & 0xFFFFFFFF,
+                                 secret & 0xFFFFFFFF))
+        with contextlib.suppress(OSError):
+            while sock.recv(4096):
+                pass
+
+
+def wait_readable(sock_or_fd: Any, timeout: float) -> bool:
+    """True when the socket has data or EOF within ``timeout`` seconds."""
+    import select
+
+    fd = sock_or_fd if isinstance(sock_or_fd, int) else sock_or_fd.fileno()
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def backend_state(pg: PgCluster, pid: int) -> str:
+    """pg_stat_activity.state of backend ``pid``; "" when there is no such backend."""
+    return pg.scalar(f"SELECT coalesce(state, '?') FROM pg_stat_activity WHERE pid = {int(pid)}")
+
+
+def backend_pids(pg: PgCluster, usename: str = "postgres") -> set[int]:
+    """Client backend pids of ``usename``, not counting the querying session."""
+    out = pg.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                  f"AND pid <> pg_backend_pid() AND usename = {quote_literal(usename)}")
+    return {int(x) for x in out.split()}
+
+
+def running_query_pid(pg: PgCluster, query: str) -> int | None:
+    """Pid of the backend actively running exactly ``query``, or None."""
+    out = pg.scalar("SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                    f"AND query = {quote_literal(query)} LIMIT 1")
+    return int(out) if out else None

@@ -3,26 +3,20 @@ auth_query_user), with `$1` bound to the user name, and cache it for a few secon
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from ..protocol import (
-    DataRow,
-    ErrorResponse,
-    MessageReader,
     build_bind,
     build_execute,
     build_parse,
     build_sync,
-    parse_backend,
 )
 
 if TYPE_CHECKING:
     from ..config import Rule
     from ..router import Router
-    from ..server import ServerConn
 
 log = logging.getLogger("ithaca.auth")
 
@@ -91,9 +85,9 @@ async def fetch_secret(router: Router, rule: Rule, user: str) -> str | None:
                               f"{getattr(exc, 'message', exc)}") from None
     released = False
     try:
-        server.link.write(build_parse("", rule.auth_query) + build_bind("", "", [user])
-                          + build_execute("", 2) + build_sync())
-        rows, error = await _read_result(server)
+        rows, error = await server.exchange(
+            build_parse("", rule.auth_query) + build_bind("", "", [user])
+            + build_execute("", 2) + build_sync(), QUERY_TIMEOUT)
         if not server.closed and server.status == b"I":
             route.pool.release(server)
             released = True
@@ -117,24 +111,3 @@ async def fetch_secret(router: Router, rule: Rule, user: str) -> str | None:
     secret = raw.decode("utf-8", "replace")
     secret_cache.put(key, secret)
     return secret
-
-
-async def _read_result(server: ServerConn) -> tuple[list[DataRow], ErrorResponse | None]:
-    reader = MessageReader(server.max_message)
-    rows: list[DataRow] = []
-    error: ErrorResponse | None = None
-    async with asyncio.timeout(QUERY_TIMEOUT):
-        while True:
-            mtype, body = await server.link.read_message(reader)
-            if mtype == b"D":
-                row = parse_backend(mtype, body)
-                assert isinstance(row, DataRow)
-                rows.append(row)
-            elif mtype == b"E":
-                message = parse_backend(mtype, body)
-                assert isinstance(message, ErrorResponse)
-                error = message
-            elif mtype == b"Z":
-                # anything after ReadyForQuery means we lost track: do not reuse the server
-                server.status = body[:1] if not reader.pending() else b"?"
-                return rows, error
