@@ -44,6 +44,10 @@ class Console:
 
     async def serve(self, client: Client, reader: MessageReader) -> None:
         link = client.link
+        rule = client.route.rule if client.route is not None else None
+        if rule is not None and rule.role == "notallow":
+            raise ProtocolError(f'user "{client.user}" may not use the admin console',
+                                SqlState.INSUFFICIENT_PRIVILEGE)
         out = [build_parameter_status(k, v) for k, v in CONSOLE_PARAMS.items()]
         out.append(build_backend_key_data(0, 0))
         out.append(build_ready_for_query(b"I"))

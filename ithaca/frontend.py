@@ -83,7 +83,8 @@ class Client:
         value fails the login as it would on PostgreSQL."""
         defaults = route.server_params or {}
         try:
-            params = ClientParams(defaults, startup.params)
+            add_host = self.link.peername() if route.rule.application_name_add_host else None
+            params = ClientParams(defaults, startup.params, add_host)
         except ParamsError as exc:
             raise ProtocolError(str(exc), SqlState.INVALID_PARAMETER_VALUE) from None
         self.params = params

@@ -91,7 +91,8 @@ class Instance:
         self.config = load_config(config_path)
         self.system: System | None = None
         self._stop = asyncio.Event()
-        self._signals = 0
+        self._sigterms = 0
+        self._sigints = 0
 
     async def run(self) -> int:
         config = self.config
@@ -102,6 +103,9 @@ class Instance:
             log.warning("workers %s: ithaca runs all clients in one process for now",
                         config.workers or "auto")
         log.info("ithaca %s starting (pid %d) with %s", _version(), os.getpid(), self.config_path)
+        if config.log_config:
+            for line in describe_config(config):
+                log.info("config: %s", line)
         system = System(config)
         self.system = system
         try:
@@ -127,11 +131,19 @@ class Instance:
         return 0
 
     def _on_stop_signal(self, sig: int) -> None:
-        self._signals += 1
-        if self._signals >= 2:
-            log.warning("second stop signal: exiting now")
+        if sig == signal.SIGINT:
+            self._sigints += 1
+        else:
+            self._sigterms += 1
+        if self._sigints >= 2 or (self._sigterms and self._sigterms >= max(
+                2, self.config.max_sigterms_to_die)) or (self._sigints and self._sigterms):
+            log.warning("%s again: exiting now", signal.Signals(sig).name)
             self._remove_pid_file()
             os._exit(1)
+        if self._stop.is_set():
+            log.info("%s received: still shutting down (%d of max_sigterms_to_die %d)",
+                     signal.Signals(sig).name, self._sigterms, self.config.max_sigterms_to_die)
+            return
         log.info("%s received: shutting down gracefully (up to %d ms; send it again to exit "
                  "now)", signal.Signals(sig).name, self.config.graceful_shutdown_timeout_ms)
         self._stop.set()
@@ -170,6 +182,26 @@ class Instance:
                 os.unlink(self.config.pid_file)
             except FileNotFoundError:
                 pass
+
+
+def describe_config(config: Config) -> list[str]:
+    """The config as log_config prints it: listens, storages and rules, secrets left out."""
+    lines = [f"workers {config.workers}, client_max {config.client_max}, "
+             f"graceful_shutdown_timeout_ms {config.graceful_shutdown_timeout_ms}"]
+    for listen in config.listens:
+        lines.append(f"listen {listen.host or 'unix'}:{listen.port} tls {listen.tls} "
+                     f"client_login_timeout {listen.client_login_timeout} ms")
+    for storage in config.storages.values():
+        lines.append(f"storage {storage.name!r}: {storage.type} "
+                     f"{storage.host or ''}:{storage.port} tls {storage.tls}")
+    for rule in config.rules:
+        lines.append(
+            f"rule {rule.database or 'default'}.{rule.user or 'default'} ({rule.location}): "
+            f"auth {rule.authentication}, storage {rule.storage.name!r}, pool {rule.pool}, "
+            f"pool_size {rule.pool_size}, pool_timeout {rule.pool_timeout} ms, "
+            f"pool_ttl {rule.pool_ttl} s, client_max {rule.client_max}, "
+            f"prepared statements {'yes' if rule.pool_reserve_prepared_statement else 'no'}")
+    return lines
 
 
 def _version() -> str:

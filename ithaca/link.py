@@ -7,11 +7,48 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .protocol import MessageReader, ProtocolError
 
 # Stop reading a socket in setup mode once this much is queued and nobody reads it.
 _SETUP_HIGH_WATER = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOptions:
+    """TCP settings for every client and server socket (global nodelay and keepalive*)."""
+
+    nodelay: bool = True
+    keepalive: int = 15  # seconds idle before probes; 0 = off
+    keepalive_interval: int = 5
+    keepalive_probes: int = 3
+    user_timeout_ms: int = 0
+
+    def apply(self, sock: socket.socket) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
+            if self.keepalive > 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL,
+                                max(1, self.keepalive_interval))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT,
+                                max(1, self.keepalive_probes))
+            if self.user_timeout_ms > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self.user_timeout_ms)
+        except (OSError, AttributeError):  # not a TCP socket, or an option this OS lacks
+            pass
+
+
+tcp_options = TcpOptions()  # replaced by the instance from the config (start and reload)
+
+
+def set_tcp_options(options: TcpOptions) -> None:
+    global tcp_options
+    tcp_options = options
 
 
 class LinkClosed(Exception):
@@ -52,11 +89,8 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        if sock is not None:
+            tcp_options.apply(sock)
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink

@@ -80,7 +80,8 @@ class ClientParams:
 
     __slots__ = ("reported", "extra")
 
-    def __init__(self, defaults: Mapping[str, str], startup: Mapping[str, str]) -> None:
+    def __init__(self, defaults: Mapping[str, str], startup: Mapping[str, str],
+                 add_host: str | None = None) -> None:
         self.reported: dict[str, str] = {k: v for k, v in defaults.items()
                                          if k in REPORTED_SETTABLE}
         self.extra: dict[str, str] = {}  # settings PostgreSQL does not report back
@@ -95,6 +96,9 @@ class ClientParams:
                 self.reported[name] = value
             else:
                 self.extra[name] = value
+        if add_host is not None:  # application_name_add_host: "app - host:port"
+            app = self.reported.get("application_name", "")
+            self.reported["application_name"] = f"{app} - {add_host}" if app else add_host
 
     def view(self, defaults: Mapping[str, str]) -> dict[str, str]:
         """ParameterStatus values to report to the client at login."""

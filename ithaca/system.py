@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 
 from .cancel import CancelDirectory
 from .config import Config, Listen
 from .console import Console
 from .frontend import Client
-from .link import Link
+from .link import Link, TcpOptions, set_tcp_options
 from .periodic import Periodic
 from .protocol import SqlState
 from .router import Router
@@ -33,25 +34,36 @@ class System:
     async def start(self) -> None:
         """Open every listen address; raise OSError if one cannot be bound."""
         loop = asyncio.get_running_loop()
-        for listen in self.config.listens:
-            hosts = self._resolve(listen)
-            for host in hosts:
+        config = self.config
+        apply_tcp_options(config)
+        for listen in config.listens:
+            if listen.host is not None:
+                host = None if listen.host == "*" else listen.host  # None: every address
                 server = await loop.create_server(
                     lambda listen=listen: self._accept(listen),
                     host=host, port=listen.port, backlog=listen.backlog,
                     reuse_address=True,
                 )
-                self._servers.append((server, listen))
-                for sock in server.sockets:
-                    log.info("listening on %s", _sockname(sock))
+                self._opened(server, listen)
+            if config.unix_socket_dir:
+                path = os.path.join(config.unix_socket_dir, f".s.PGSQL.{listen.port}")
+                if os.path.exists(path):
+                    os.unlink(path)  # a stale socket file from an earlier run
+                server = await loop.create_unix_server(
+                    lambda listen=listen: self._accept(listen), path=path,
+                    backlog=listen.backlog)
+                if config.unix_socket_mode:
+                    os.chmod(path, int(config.unix_socket_mode, 8))
+                self._opened(server, listen)
+        if not self._servers:
+            raise OSError("no listen address: a listen block without host needs unix_socket_dir")
         self.router.prepare_routes()
         self._periodic_task = loop.create_task(self.periodic.run())
 
-    @staticmethod
-    def _resolve(listen: Listen) -> list[str | None]:
-        if listen.host is None or listen.host == "*":
-            return [None]  # every address, IPv4 and IPv6
-        return [listen.host]
+    def _opened(self, server: asyncio.Server, listen: Listen) -> None:
+        self._servers.append((server, listen))
+        for sock in server.sockets:
+            log.info("listening on %s", _sockname(sock))
 
     def _accept(self, listen: Listen) -> Link:
         link = _AcceptedLink(self, listen)
@@ -66,6 +78,7 @@ class System:
         """Swap in a validated config: new clients use its rules; connected ones keep theirs."""
         report = self.router.reload(config)
         self.config = config
+        apply_tcp_options(config)
         self.router.prepare_routes()
         return report
 
@@ -116,6 +129,14 @@ class _AcceptedLink(Link):
         client = Client(self.system, self)
         self.system.clients.add(client)
         client.task = asyncio.get_running_loop().create_task(client.run())
+
+
+def apply_tcp_options(config: Config) -> None:
+    set_tcp_options(TcpOptions(
+        nodelay=config.nodelay, keepalive=config.keepalive,
+        keepalive_interval=config.keepalive_keep_interval,
+        keepalive_probes=config.keepalive_probes,
+        user_timeout_ms=config.keepalive_usr_timeout))
 
 
 def _sockname(sock: socket.socket) -> str:
