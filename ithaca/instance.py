@@ -135,8 +135,8 @@ class Instance:
             self._sigints += 1
         else:
             self._sigterms += 1
-        if self._sigints >= 2 or (self._sigterms and self._sigterms >= max(
-                2, self.config.max_sigterms_to_die)) or (self._sigints and self._sigterms):
+        if self._sigints >= 2 or (self._sigints and self._sigterms) or (
+                self._sigterms >= max(2, self.config.max_sigterms_to_die)):
             log.warning("%s again: exiting now", signal.Signals(sig).name)
             self._remove_pid_file()
             os._exit(1)
@@ -144,8 +144,9 @@ class Instance:
             log.info("%s received: still shutting down (%d of max_sigterms_to_die %d)",
                      signal.Signals(sig).name, self._sigterms, self.config.max_sigterms_to_die)
             return
-        log.info("%s received: shutting down gracefully (up to %d ms; send it again to exit "
-                 "now)", signal.Signals(sig).name, self.config.graceful_shutdown_timeout_ms)
+        log.info("%s received: shutting down gracefully (up to %d ms; a second SIGINT, or "
+                 "SIGTERM number %d, exits now)", signal.Signals(sig).name,
+                 self.config.graceful_shutdown_timeout_ms, max(2, self.config.max_sigterms_to_die))
         self._stop.set()
 
     def reload(self) -> bool:

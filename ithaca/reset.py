@@ -32,8 +32,7 @@ def leave_server(relay: Relay, server: ServerConn) -> None:
     client_scan = relay.client_scan
     synced = relay.outstanding == 0 and not client_scan.in_group and \
         relay.server_scan.at_boundary and client_scan.at_boundary
-    if not relay.server_state_known or \
-            (not synced and not (rule.pool_cancel and client_scan.at_boundary)):
+    if not synced and not (rule.pool_cancel and client_scan.at_boundary):
         log.info("%s: client left in the middle of a request; closing %r", relay.client_id,
                  server)
         pool.discard(server)
@@ -42,6 +41,8 @@ def leave_server(relay: Relay, server: ServerConn) -> None:
     queries = []
     if rule.pool_discard and not relay.release_each_transaction:
         queries.append("DISCARD ALL")
+    elif not relay.server_state_known:
+        queries.append("DEALLOCATE ALL")  # which of its in-flight Parses landed is unknown
     elif relay.pinned:
         queries.append("UNLISTEN *")  # a transaction-pooling listener leaves no LISTEN behind
     drain = None

@@ -159,7 +159,7 @@ class Config:
     client_max: int | None = None  # None = no limit
     graceful_shutdown_timeout_ms: int = 30000
     backend_connect_timeout_ms: int = 30000
-    max_sigterms_to_die: int = 3
+    max_sigterms_to_die: int = 2  # Odyssey: 3; ithaca: the second signal exits
     # accepted, not implemented yet
     sequential_routing: bool = False
     priority: int = 0

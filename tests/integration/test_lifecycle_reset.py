@@ -4,6 +4,9 @@ DISCARD ALL in session pooling (pool_discard yes); any failure or timeout closes
 
 from __future__ import annotations
 
+import threading
+import time
+
 import psycopg
 import pytest
 from helpers import backend_state, wait_until
@@ -91,57 +94,71 @@ def test_session_pooling_pool_discard_no_keeps_state(pg, ithaca, ithaca_config):
                            ).fetchone() == (True,)
 
 
-def test_reset_failure_closes_the_server(pg, ithaca, ithaca_config):
-    proc = ithaca(ithaca_config(pool="session", pool_size=1, pool_timeout=20000))
-    # the first client holds the server until the lock is in place
-    first = psycopg.connect(proc.dsn(), autocommit=True)
-    try:
+def _next_client_pid(proc, out: dict) -> threading.Thread:
+    """In a thread: a new client's server pid (it waits while the pool's only server is busy)."""
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            with psycopg.connect(proc.dsn(connect_timeout=25), autocommit=True) as conn:
+                out["pid"] = _real_pid(conn)
+                out["no_scratch"] = conn.execute(
+                    "SELECT to_regclass('pg_temp.scratch') IS NULL").fetchone()[0]
+        except BaseException as exc:  # inspected by the test
+            out["error"] = exc
+        out["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _reset_blocked_on_a_lock(pg, proc, holder: psycopg.Connection) -> int:
+    """A session-pooling client leaves a temp table that ``holder`` locks, so the reset's
+    DISCARD ALL (it drops temp tables) waits for the lock. Returns the server's pid."""
+    with psycopg.connect(proc.dsn(), autocommit=True) as first:
         pid = _real_pid(first)
         first.execute("CREATE TEMP TABLE scratch (a int)")
         schema = first.execute("SELECT nspname FROM pg_namespace "
                                "WHERE oid = pg_my_temp_schema()").fetchone()[0]
-        with psycopg.connect(pg.dsn()) as holder:
-            holder.execute(f"LOCK TABLE {schema}.scratch IN ACCESS EXCLUSIVE MODE")
-            first.close()
-            wait_until(lambda: pg.scalar(
-                f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {pid} "
-                "AND state = 'active'") == "Lock", timeout=5,
-                message="the reset to wait for the lock")
-            # make the reset fail: cancel the blocked statement
-            assert pg.scalar(f"SELECT pg_cancel_backend({pid})") == "t"
-            wait_until(lambda: backend_state(pg, pid) == "", timeout=5,
-                       message="the server whose reset failed to be closed")
-            holder.rollback()
-    finally:
-        first.close()
-    with psycopg.connect(proc.dsn(), autocommit=True) as nxt:
-        assert _real_pid(nxt) != pid
-        assert nxt.execute("SELECT to_regclass('pg_temp.scratch') IS NULL").fetchone() == (True,)
+        holder.execute(f"LOCK TABLE {schema}.scratch IN ACCESS EXCLUSIVE MODE")
+    wait_until(lambda: pg.scalar(
+        f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {pid} "
+        "AND state = 'active'") == "Lock", timeout=5, message="the reset to wait for the lock")
+    return pid
+
+
+def test_reset_failure_closes_the_server(pg, ithaca, ithaca_config):
+    proc = ithaca(ithaca_config(pool="session", pool_size=1, pool_timeout=20000))
+    out: dict = {}
+    with psycopg.connect(pg.dsn()) as holder:
+        pid = _reset_blocked_on_a_lock(pg, proc, holder)
+        thread = _next_client_pid(proc, out)  # waits: the only server is being reset
+        # make the reset fail: cancel the blocked DISCARD ALL
+        assert pg.scalar(f"SELECT pg_cancel_backend({pid})") == "t"
+        wait_until(lambda: backend_state(pg, pid) != "active", timeout=5,
+                   message="DISCARD ALL to fail")
+        holder.rollback()  # an exiting backend drops its temp table: it needs the lock too
+    thread.join(10)
+    assert not thread.is_alive()
+    assert "error" not in out, out
+    assert out["pid"] != pid, "a server whose reset failed was reused"
+    assert out["no_scratch"] is True
+    wait_until(lambda: backend_state(pg, pid) == "", timeout=5,
+               message="the server whose reset failed to be closed")
 
 
 def test_reset_timeout_closes_the_server(pg, ithaca, ithaca_config):
-    # a backend waiting for a lock notices its closed socket only with this setting
-    pg.set_config(client_connection_check_interval=100)
-    pg.reload()
     proc = ithaca(ithaca_config(pool="session", pool_size=1, pool_timeout=20000))
-    first = psycopg.connect(proc.dsn(), autocommit=True)
-    try:
-        pid = _real_pid(first)
-        first.execute("CREATE TEMP TABLE scratch (a int)")
-        schema = first.execute("SELECT nspname FROM pg_namespace "
-                               "WHERE oid = pg_my_temp_schema()").fetchone()[0]
-        with psycopg.connect(pg.dsn()) as holder:
-            holder.execute(f"LOCK TABLE {schema}.scratch IN ACCESS EXCLUSIVE MODE")
-            first.close()
-            wait_until(lambda: pg.scalar(
-                f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {pid} "
-                "AND state = 'active'") == "Lock", timeout=5,
-                message="the reset to wait for the lock")
-            # the lock is never released while we wait: the reset must time out
-            wait_until(lambda: backend_state(pg, pid) == "", timeout=15, interval=0.2,
-                       message="the server whose reset timed out to be closed")
-            holder.rollback()
-    finally:
-        first.close()
-    with psycopg.connect(proc.dsn(), autocommit=True) as nxt:
-        assert _real_pid(nxt) != pid
+    out: dict = {}
+    with psycopg.connect(pg.dsn()) as holder:
+        pid = _reset_blocked_on_a_lock(pg, proc, holder)
+        # the lock is held until the next client is served: the reset can only time out
+        thread = _next_client_pid(proc, out)
+        thread.join(16)
+        holder.rollback()
+    assert not thread.is_alive(), "the reset never timed out"
+    assert "error" not in out, out
+    assert out["pid"] != pid, "a server whose reset timed out was reused"
+    wait_until(lambda: backend_state(pg, pid) == "", timeout=5,
+               message="the server whose reset timed out to be closed")

@@ -188,7 +188,7 @@ def test_defaults() -> None:
     assert cfg.client_max is None
     assert cfg.graceful_shutdown_timeout_ms == 30000
     assert cfg.backend_connect_timeout_ms == 30000
-    assert cfg.max_sigterms_to_die == 3
+    assert cfg.max_sigterms_to_die == 2
     assert cfg.warnings == ()
     listen = cfg.listens[0]
     assert (listen.backlog, listen.tls, listen.client_login_timeout) == (128, "disable", 15000)
