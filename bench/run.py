@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--json", help="also write results to this file")
+    ap.add_argument("--prepared", action="store_true",
+                    help="ithaca with pool_reserve_prepared_statement yes (PgBouncer 1.18 has no "
+                         "such feature; off by default for a like-for-like comparison)")
     args = ap.parse_args(argv)
 
     clients = [int(c) for c in args.clients.split(",") if c]
@@ -236,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ithaca" in targets:
             port = free_port()
             conf = make_config(cluster.port, port, pool="transaction",
-                               pool_size=args.pool_size, console=False)
+                               pool_size=args.pool_size, console=False,
+                               prepared=args.prepared)
             try:
                 ithaca = IthacaProcess(conf, workdir / "ithaca", port, python=sys.executable)
             except IthacaStartError as e:

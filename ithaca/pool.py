@@ -76,6 +76,18 @@ class ServerPool:
                 self.total_wait_time += server.last_used_at - started
                 return server
 
+    def try_acquire(self) -> ServerConn | None:
+        """An idle server right now, without waiting (None when none is idle or others wait
+        in line: they come first)."""
+        if self._waiters or self.closed:
+            return None
+        server = self._pop_idle()
+        if server is not None:
+            self.active.add(server)
+            server.last_used_at = time.monotonic()
+            self.total_acquired += 1
+        return server
+
     def _pop_idle(self) -> ServerConn | None:
         while self.idle:
             server = self.idle.popleft()

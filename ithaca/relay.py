@@ -40,6 +40,7 @@ class Relay:
         self.client_id = client_id
         self.params = params
         self.release_each_transaction = self.rule.pool in ("transaction", "statement")
+        self.statement_pooling = self.rule.pool == "statement"
         self.server: ServerConn | None = None
         self.client_scan = ClientScanner(route.max_message)
         self.server_scan = ServerScanner()
@@ -121,6 +122,8 @@ class Relay:
             server = self.server
             if server is not None:
                 self.forward_to_server(server, data)
+            elif self.attaching is None and (server := self._attach_now()) is not None:
+                self.forward_to_server(server, data)
             else:
                 self.pending.append(data)
                 if self.attaching is None:
@@ -131,6 +134,17 @@ class Relay:
 
     def forward_to_server(self, server: ServerConn, data: bytes) -> None:
         server.link.write(data)
+
+    def _attach_now(self) -> ServerConn | None:
+        """The common case without a task: an idle server whose settings already match."""
+        server = self.pool.try_acquire()
+        if server is None:
+            return None
+        if self.rule.maintain_params and self.params.deploy_sql(server) is not None:
+            self.pool.release(server)  # back to the idle list; the task path deploys
+            return None
+        self._attach_server(server)
+        return server
 
     async def _attach(self) -> None:
         try:
@@ -185,7 +199,7 @@ class Relay:
     def _unbind(self, server: ServerConn) -> None:
         self.server = None
         link = server.link
-        link.sink = idle_server_sink(server)
+        link.sink = server.idle_sink
         link.on_lost = None
         link.peer = None
         self.client.peer = None
@@ -232,6 +246,10 @@ class Relay:
 
     def after_ready(self) -> None:
         """At a ReadyForQuery: release the server, or end a closing session, when idle."""
+        if self.statement_pooling and self.server_scan.status != b"I" and self.server_scan.at_boundary:
+            self.fail("transaction blocks are not allowed in statement pooling",
+                      SqlState.FEATURE_NOT_SUPPORTED)
+            return
         if not self.idle or self.server_scan.status != b"I" or self.server is None:
             return
         if self.closing:
@@ -284,17 +302,3 @@ class Relay:
             self.after_ready()
 
 
-def idle_server_sink(server: ServerConn) -> Callable[[bytes], None]:
-    """Data from a server nobody is attached to (a FATAL before shutdown, a stray notice):
-    the connection can no longer be trusted, so close it."""
-
-    def on_data(_data: bytes) -> None:
-        log.info("server %r sent data while idle; closing it", server)
-        server.link.sink = None
-        pool = server.pool
-        if pool is not None:
-            pool.discard(server)  # type: ignore[attr-defined]
-        else:
-            server.close()
-
-    return on_data

@@ -94,9 +94,7 @@ async def _reset(relay: Relay, server: ServerConn,
     if server.status != b"I" or server.closed:
         pool.discard(server)
         return
-    from .relay import idle_server_sink
-
-    server.link.sink = idle_server_sink(server)
+    server.link.sink = server.idle_sink
     pool.release(server)
 
 

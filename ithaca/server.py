@@ -234,6 +234,16 @@ class ServerConn:
         if "DISCARD ALL" in sql or "RESET ALL" in sql:
             self.extra_settings.clear()
 
+    def idle_sink(self, _data: bytes) -> None:
+        """Link sink while nobody is attached: data from an idle server (a FATAL before
+        PostgreSQL shuts down, a stray notice) means it can no longer be trusted: close it."""
+        log.info("server %r sent data while idle; closing it", self)
+        self.link.sink = None
+        if self.pool is not None:
+            self.pool.discard(self)  # type: ignore[attr-defined]
+        else:
+            self.close()
+
     def close(self) -> None:
         """Say goodbye if the socket is still up, then close it."""
         if not self.link.closed and self.link.transport is not None:

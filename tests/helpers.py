@@ -76,7 +76,8 @@ def make_config(pg_port: int, listen_port: int, pool: str = "transaction", pool_
                 extra_route: str = "", extra_global: str = "", auth: str = "none",
                 password: str | None = None, storage_user: str | None = None,
                 storage_password: str | None = None, pool_timeout: int = 4000,
-                routes: str = "", console: bool = True, workers: int = 1) -> str:
+                routes: str = "", console: bool = True, workers: int = 1,
+                prepared: bool = True) -> str:
     """Odyssey-format config: one remote storage, a default route, the console.
 
     extra_route: lines added inside ``database default { user default { ... } }``.
@@ -101,7 +102,7 @@ def make_config(pg_port: int, listen_port: int, pool: str = "transaction", pool_
         "\t\tpool_discard yes",
         "\t\tpool_rollback yes",
         "\t\tpool_cancel yes",
-        "\t\tpool_reserve_prepared_statement yes",
+        f"\t\tpool_reserve_prepared_statement {'yes' if prepared else 'no'}",
     ]
     route += ["\t\t" + ln.strip() for ln in extra_route.splitlines() if ln.strip()]
     parts = [

@@ -167,3 +167,33 @@ def test_transaction_pooling_shares_servers(pg, ithaca, ithaca_config):
     finally:
         for c in conns:
             c.close()
+
+
+def test_statement_pooling_refuses_transaction_blocks(pg, ithaca, ithaca_config):
+    proc = ithaca(ithaca_config(pool="statement", pool_size=1, prepared=False))
+    with psycopg.connect(proc.dsn(), autocommit=True) as a, \
+            psycopg.connect(proc.dsn(), autocommit=True) as b:
+        pid_a = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert b.execute("SELECT pg_backend_pid()").fetchone()[0] == pid_a  # one server, shared
+    with psycopg.connect(proc.dsn(), autocommit=True) as c:
+        with pytest.raises(psycopg.Error) as info:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+        assert "statement pooling" in str(info.value)
+    # the server was rolled back and serves the next client
+    with psycopg.connect(proc.dsn(), autocommit=True) as d:
+        assert d.execute("SELECT 5").fetchone() == (5,)
+    assert pg.scalar("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'") == "0"
+
+
+def test_unix_socket_listen(tmp_path, ithaca, ithaca_config):
+    sock_dir = tmp_path / "sock"
+    sock_dir.mkdir()
+    proc = ithaca(ithaca_config(extra_global=f'unix_socket_dir "{sock_dir}"\n'
+                                             'unix_socket_mode "0600"'))
+    path = sock_dir / f".s.PGSQL.{proc.port}"
+    assert path.is_socket()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    with psycopg.connect(f"host={sock_dir} port={proc.port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        assert conn.execute("SELECT 'over unix'").fetchone() == ("over unix",)
