@@ -666,3 +666,8 @@ def running_query_pid(pg: PgCluster, query: str) -> int | None:
     out = pg.scalar("SELECT pid FROM pg_stat_activity WHERE state = 'active' "
                     f"AND query = {quote_literal(query)} LIMIT 1")
     return int(out) if out else None
+
+
+def is_ithaca(target: Any) -> bool:
+    """True for an IthacaProcess target, False for a PgCluster (the "direct" runs)."""
+    return isinstance(target, IthacaProcess)

@@ -29,22 +29,6 @@ TIMEOUT = 20.0
 NROWS = 60_000
 
 
-@pytest.fixture(params=["direct", "ithaca"])
-def target(request, pg, ithaca, ithaca_config):
-    """pool_size 2 transaction pooling, or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-@pytest.fixture(params=["direct", "ithaca"])
-def target1(request, pg, ithaca, ithaca_config):
-    """pool_size 1 transaction pooling (clients share one server), or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=1, pool_timeout=5000))
-
-
 def _rows(n: int = NROWS, bad_at: int | None = None, salt: str = "") -> bytes:
     lines = []
     for i in range(1, n + 1):

@@ -16,7 +16,7 @@ import time
 
 import psycopg
 import pytest
-from helpers import ServerPinner
+from helpers import ServerPinner, is_ithaca
 
 # a hung pooler fails the test quickly instead of after the suite-wide 120 s
 pytestmark = pytest.mark.timeout(30)
@@ -33,29 +33,9 @@ REPORTED = ["application_name", "TimeZone", "DateStyle", "IntervalStyle", "clien
             "standard_conforming_strings", "search_path"]
 
 
-@pytest.fixture(params=["direct", "ithaca"])
-def target(request, pg, ithaca, ithaca_config):
-    """pool_size 2 transaction pooling, or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-@pytest.fixture(params=["direct", "ithaca"])
-def target1(request, pg, ithaca, ithaca_config):
-    """pool_size 1 transaction pooling (clients share one server), or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=1, pool_timeout=10000))
-
-
 @pytest.fixture
 def pooler2(ithaca, ithaca_config):
     return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-def _is_ithaca(target) -> bool:
-    return not hasattr(target, "datadir")
 
 
 def probe(conn) -> tuple:
@@ -150,7 +130,7 @@ def test_startup_parameters_and_options_are_applied(pg, target):
     kw = {"application_name": "startup_app",
           "options": "-c statement_timeout=1234 -c DateStyle=German -c TimeZone=Europe/Berlin"}
     with Twin(target, pg, **kw) as a:
-        pins = ServerPinner(target.dsn(), 2) if _is_ithaca(target) else None
+        pins = ServerPinner(target.dsn(), 2) if is_ithaca(target) else None
         try:
             pids = pins.pids if pins else [None]
             for pid in pids + pids:
@@ -208,7 +188,7 @@ def test_two_clients_with_different_settings_share_one_server(pg, target1):
             a.check(f"A, round {i}")
             b.check(f"B, round {i}")
         pids = {c.conn.execute("SELECT pg_backend_pid()").fetchone()[0] for c in (a, b)}
-        assert len(pids) == (1 if _is_ithaca(target1) else 2)
+        assert len(pids) == (1 if is_ithaca(target1) else 2)
 
 
 def test_many_clients_keep_their_time_zones(pg, target1):

@@ -18,6 +18,7 @@ import threading
 import psycopg
 import pytest
 from helpers import (
+    is_ithaca,
     pq_flush,
     pq_next,
     pq_pipeline_results,
@@ -30,26 +31,6 @@ from helpers import (
 pytestmark = pytest.mark.timeout(30)
 
 TIMEOUT = 10.0
-
-
-@pytest.fixture(params=["direct", "ithaca"])
-def target(request, pg, ithaca, ithaca_config):
-    """pool_size 2 transaction pooling, or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-@pytest.fixture(params=["direct", "ithaca"])
-def target1(request, pg, ithaca, ithaca_config):
-    """pool_size 1 transaction pooling (clients share one server), or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=1, pool_timeout=5000))
-
-
-def _is_ithaca(target) -> bool:
-    return not hasattr(target, "datadir")
 
 
 class Worker(threading.Thread):
@@ -238,7 +219,7 @@ def test_flush_without_sync_keeps_the_server(target1, pg):
         other = Worker(_other_client(b, "B", 1))
         other.start()
         assert other.started_work.wait(TIMEOUT)
-        if _is_ithaca(target1):
+        if is_ithaca(target1):
             other.join(0.5)  # bounded: the server is still A's, so B must still be waiting
             assert other.is_alive(), "a second client got the server between Flush and Sync"
 
@@ -251,7 +232,7 @@ def test_flush_without_sync_keeps_the_server(target1, pg):
         pgc.exit_pipeline_mode()
         b_rows = other.result()
         assert b_rows[0][0] == "B0"
-        if _is_ithaca(target1):
+        if is_ithaca(target1):
             assert str(b_rows[0][1]) == pid
         assert a.execute("SELECT 'A-after'").fetchone() == ("A-after",)
 

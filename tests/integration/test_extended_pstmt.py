@@ -20,7 +20,7 @@ import threading
 import asyncpg
 import psycopg
 import pytest
-from helpers import ServerPinner, pq_call, pq_next, pq_pipeline_results, run_threads
+from helpers import ServerPinner, is_ithaca, pq_call, pq_next, pq_pipeline_results, run_threads
 
 # a hung pooler fails the test quickly instead of after the suite-wide 120 s
 pytestmark = pytest.mark.timeout(30)
@@ -29,29 +29,9 @@ TIMEOUT = 10.0
 OK = ("COMMAND_OK", None, ())
 
 
-@pytest.fixture(params=["direct", "ithaca"])
-def target(request, pg, ithaca, ithaca_config):
-    """pool_size 2 transaction pooling, or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-@pytest.fixture(params=["direct", "ithaca"])
-def target1(request, pg, ithaca, ithaca_config):
-    """pool_size 1 transaction pooling (clients share one server), or PostgreSQL itself."""
-    if request.param == "direct":
-        return pg
-    return ithaca(ithaca_config(pool="transaction", pool_size=1, pool_timeout=10000))
-
-
 @pytest.fixture
 def pooler2(ithaca, ithaca_config):
     return ithaca(ithaca_config(pool="transaction", pool_size=2, pool_timeout=10000))
-
-
-def _is_ithaca(target) -> bool:
-    return not hasattr(target, "datadir")
 
 
 def _enc(params):
@@ -197,7 +177,7 @@ def test_parse_of_statement_the_server_has_needs_no_round_trip(pg, target1):
                 assert execp(conn, "S_1", i) == rows(7 * i)
     parses = re.findall(r"\bparse [^:\n]*: " + re.escape(text), pg.log_text())
     assert parses, "log_min_duration_statement logged no parse"
-    assert len(parses) == (1 if _is_ithaca(target1) else 3), parses
+    assert len(parses) == (1 if is_ithaca(target1) else 3), parses
 
 
 # ------------------------------------------------------- per-client names (direct + ithaca)
@@ -320,7 +300,7 @@ def test_sql_prepare_execute_deallocate(target):
         return True
 
     with connect(target) as a:
-        pins = ServerPinner(target.dsn(), 2) if _is_ithaca(target) else None
+        pins = ServerPinner(target.dsn(), 2) if is_ithaca(target) else None
         try:
             pids = pins.pids if pins else [a.info.backend_pid]
 
