@@ -182,7 +182,8 @@ def test_statement_pooling_refuses_transaction_blocks(pg, ithaca, ithaca_config)
         # the FATAL follows BEGIN's own reply at once; libpq reports either it or the close
         assert "statement pooling" in str(info.value) or "closed" in str(info.value)
         assert c.closed or c.broken
-    assert "transaction blocks are not allowed in statement pooling" in proc.log_text()
+    wait_until(lambda: "transaction blocks are not allowed in statement pooling"
+               in proc.log_text(), message="the reason in the log")
     # the server was rolled back and serves the next client
     with psycopg.connect(proc.dsn(), autocommit=True) as d:
         assert d.execute("SELECT 5").fetchone() == (5,)
