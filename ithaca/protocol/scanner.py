@@ -20,16 +20,42 @@ _COMMAND_COMPLETE = ord("C")
 _LISTEN_TAGS = frozenset({b"LI", b"UN"})
 
 
-class ClientScanner:
+class _FrameWalker:
+    """Where the last chunk left off: body bytes still to skip, or a cut 5-byte header."""
+
+    __slots__ = ("_skip", "_head")
+
+    def __init__(self) -> None:
+        self._skip = 0  # body bytes of the current message still to come
+        self._head = b""  # a partial 5-byte header carried over from the last chunk
+
+    def _complete_head(self, data: bytes) -> bytes | None:
+        """The carried header completed from `data`, or None when `data` is too short too."""
+        need = 5 - len(self._head)
+        if len(data) < need:
+            self._head += data
+            return None
+        header = self._head + data[:need]
+        self._head = b""
+        return header
+
+    def _stop_at(self, pos: int, data: bytes) -> None:
+        """Remember where the next chunk starts: inside a body, or inside a header."""
+        if pos < len(data):
+            self._head = data[pos:]
+            self._skip = 0
+        else:
+            self._skip = pos - len(data)
+
+
+class ClientScanner(_FrameWalker):
     """Tracks what the client has asked for: sync points sent, an open extended group,
     and where a Terminate ('X') starts, so the relay can stop before it."""
 
-    __slots__ = ("_skip", "_head", "max_message", "sync_points", "in_group", "terminate_at",
-                 "last_sync")
+    __slots__ = ("max_message", "sync_points", "in_group", "terminate_at", "last_sync")
 
     def __init__(self, max_message: int) -> None:
-        self._skip = 0  # body bytes of the current message still to come
-        self._head = b""  # a partial 5-byte header carried over from the last chunk
+        super().__init__()
         self.max_message = max_message
         self.sync_points = 0  # sync points seen in the last scanned chunk
         self.in_group = False  # extended messages sent since the last Sync
@@ -48,12 +74,10 @@ class ClientScanner:
         end = len(data)
         if self._head:
             need = 5 - len(self._head)
-            if end < need:
-                self._head += data
+            header = self._complete_head(data)
+            if header is None:
                 self.sync_points = 0
                 return
-            header = self._head + data[:need]
-            self._head = b""
             length = int.from_bytes(header[1:5], "big")
             syncs += self._header(header[0], length, -1)
             pos = need + length - 4
@@ -62,17 +86,12 @@ class ClientScanner:
             length = int.from_bytes(data[pos + 1 : pos + 5], "big")
             syncs += self._header(mtype, length, pos)
             pos += 1 + length
-        if pos < end:
-            self._head = data[pos:]
-            self._skip = 0
-        else:
-            self._skip = pos - end
+        self._stop_at(pos, data)
         self.sync_points = syncs
 
     def _header(self, mtype: int, length: int, pos: int) -> int:
         if length < 4 or length > self.max_message:
             raise ProtocolError(f"invalid message length {length} for message type {mtype!r}")
-        self._skip = 0
         if mtype in _SYNC_POINTS:
             self.in_group = False
             self.last_sync = mtype
@@ -86,16 +105,15 @@ class ClientScanner:
         return 0
 
 
-class ServerScanner:
+class ServerScanner(_FrameWalker):
     """Counts ReadyForQuery ('Z') messages from the server and keeps the last
     transaction status byte; also notes copy-in mode starting."""
 
-    __slots__ = ("_skip", "_head", "_want_status", "_param_part", "ready_count", "status",
-                 "copy_in", "params", "listen")
+    __slots__ = ("_want_status", "_param_part", "ready_count", "status", "copy_in", "params",
+                 "listen")
 
     def __init__(self) -> None:
-        self._skip = 0
-        self._head = b""
+        super().__init__()
         self._want_status = False  # the last header was 'Z' and its status byte is in the next chunk
         self._param_part: bytearray | None = None  # a ParameterStatus body cut by the chunk end
         self.ready_count = 0  # 'Z' seen in the last scanned chunk
@@ -126,12 +144,10 @@ class ServerScanner:
                 self._param_part = None
         if self._head:
             need = 5 - len(self._head)
-            if end < need:
-                self._head += data
+            header = self._complete_head(data)
+            if header is None:
                 self.ready_count = 0
                 return
-            header = self._head + data[:need]
-            self._head = b""
             ready += self._carried_header(header, data, need)
             pos = need + int.from_bytes(header[1:5], "big") - 4
         while pos + 5 <= end:
@@ -156,11 +172,7 @@ class ServerScanner:
                 elif tag.startswith(b"UNLISTEN\0"):
                     self.listen = -1
             pos += 1 + length
-        if pos < end:
-            self._head = data[pos:]
-            self._skip = 0
-        else:
-            self._skip = pos - end
+        self._stop_at(pos, data)
         self.ready_count = ready
 
     def _note_param(self, data: bytes, start: int, stop: int) -> None:

@@ -52,6 +52,20 @@ def _startup(params: dict[str, str], version: int = 196608) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
+def _wait_ready(sock: socket.socket) -> None:
+    """Read until the login's ReadyForQuery (bounded in time)."""
+    deadline = time.monotonic() + 5
+    buf = b""
+    while b"Z\x00\x00\x00\x05I" not in buf and time.monotonic() < deadline:
+        buf += sock.recv(4096)
+    assert b"Z\x00\x00\x00\x05I" in buf, f"no ReadyForQuery after login: {buf[:80]!r}"
+
+
+def _login(sock: socket.socket) -> None:
+    sock.sendall(_startup({"user": "postgres", "database": "postgres"}))
+    _wait_ready(sock)
+
+
 @pytest.fixture
 def pooler(ithaca, ithaca_config):
     return ithaca(ithaca_config(pool="transaction", pool_size=1))
@@ -103,10 +117,7 @@ def test_client_closing_mid_startup_and_mid_message(pg, pooler):
             sock.sendall(payload)
             if len(payload) > 7:
                 # logged in: now send half a Query message and vanish
-                deadline = time.monotonic() + 5
-                buf = b""
-                while b"Z\x00\x00\x00\x05I" not in buf and time.monotonic() < deadline:
-                    buf += sock.recv(4096)
+                _wait_ready(sock)
                 sock.sendall(b"Q\x00\x00\x00\x20SELECT ")
     _still_serves(pooler)
     wait_until(lambda: pg.scalar(
@@ -117,11 +128,7 @@ def test_client_closing_mid_startup_and_mid_message(pg, pooler):
 
 def test_oversized_message_after_login(pg, pooler):
     with _raw(pooler.port) as sock:
-        sock.sendall(_startup({"user": "postgres", "database": "postgres"}))
-        deadline = time.monotonic() + 5
-        buf = b""
-        while b"Z\x00\x00\x00\x05I" not in buf and time.monotonic() < deadline:
-            buf += sock.recv(4096)
+        _login(sock)
         sock.sendall(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"SELECT 1")
         reply = _read_all(sock)
     fields = _error_fields(reply)
@@ -132,11 +139,7 @@ def test_oversized_message_after_login(pg, pooler):
 
 def test_unknown_message_type_after_login(pooler):
     with _raw(pooler.port) as sock:
-        sock.sendall(_startup({"user": "postgres", "database": "postgres"}))
-        deadline = time.monotonic() + 5
-        buf = b""
-        while b"Z\x00\x00\x00\x05I" not in buf and time.monotonic() < deadline:
-            buf += sock.recv(4096)
+        _login(sock)
         sock.sendall(b"\x01\x00\x00\x00\x04")
         reply = _read_all(sock)
     assert _error_fields(reply)["C"] == "08P01"
