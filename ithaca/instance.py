@@ -16,9 +16,13 @@ from .system import System
 log = logging.getLogger("ithaca")
 
 
+_RECORD_FIELDS = {"u": "user", "d": "database", "h": "client_host", "r": "client_port"}
+
+
 class OdysseyFormatter(logging.Formatter):
-    """Renders Odyssey's log_format escapes: %p pid, %t time, %l level, %i client id,
-    %s server id, %c context (logger), %m message, %n newline-free name, %% percent."""
+    """Renders Odyssey's log_format escapes: %p pid, %t time, %n unix time, %l level,
+    %i client id, %s server id, %u user, %d database, %h client host, %r client port,
+    %c context (logger), %m and %M message, %% percent. Fields a record lacks print "none"."""
 
     _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
                "CRITICAL": "fatal"}
@@ -54,9 +58,13 @@ class OdysseyFormatter(logging.Formatter):
                 out.append(getattr(record, "client_id", "none"))
             elif code == "s":
                 out.append(getattr(record, "server_id", "none"))
+            elif code == "n":
+                out.append(str(int(record.created)))
+            elif code in "udhr":
+                out.append(str(getattr(record, _RECORD_FIELDS[code], "none")))
             elif code == "c":
                 out.append(record.name.removeprefix("ithaca.") or "ithaca")
-            elif code == "m":
+            elif code in "mM":
                 out.append(message)
             elif code == "%":
                 out.append("%")
