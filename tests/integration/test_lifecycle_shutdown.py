@@ -77,25 +77,31 @@ def test_graceful_shutdown(pg, ithaca, ithaca_config, tmp_path, sig):
         idle.close()
 
 
+def _start_long_query(active, pg, seconds: int) -> tuple[threading.Thread, dict]:
+    """Run pg_sleep(seconds) on `active` in a thread; `out` gets "finished" or "error"."""
+    out: dict = {}
+    sql = f"SELECT pg_sleep({seconds})"
+
+    def long_query() -> None:
+        try:
+            active.execute(sql)
+            out["finished"] = True
+        except BaseException as exc:  # inspected by the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=long_query, daemon=True)
+    thread.start()
+    wait_until(lambda: running_query_pid(pg, sql), timeout=5, message="the long query")
+    return thread, out
+
+
 def test_graceful_shutdown_timeout_closes_everything(pg, ithaca, ithaca_config):
     proc = ithaca(ithaca_config(pool="transaction", pool_size=2,
                                 extra_global="graceful_shutdown_timeout_ms 1000"))
     active = psycopg.connect(proc.dsn())
     try:
         active.execute("SELECT 1")
-        out: dict = {}
-
-        def long_query() -> None:
-            try:
-                active.execute("SELECT pg_sleep(10)")
-                out["finished"] = True
-            except BaseException as exc:  # inspected by the test
-                out["error"] = exc
-
-        thread = threading.Thread(target=long_query, daemon=True)
-        thread.start()
-        wait_until(lambda: running_query_pid(pg, "SELECT pg_sleep(10)"), timeout=5,
-                   message="the long query")
+        thread, out = _start_long_query(active, pg, 10)
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait_exit(5)
@@ -114,19 +120,7 @@ def test_second_sigterm_exits_immediately(pg, ithaca, ithaca_config, tmp_path):
     active = psycopg.connect(proc.dsn())
     try:
         active.execute("SELECT 1")
-        out: dict = {}
-
-        def long_query() -> None:
-            try:
-                active.execute("SELECT pg_sleep(8)")
-                out["finished"] = True
-            except BaseException as exc:  # inspected by the test
-                out["error"] = exc
-
-        thread = threading.Thread(target=long_query, daemon=True)
-        thread.start()
-        wait_until(lambda: running_query_pid(pg, "SELECT pg_sleep(8)"), timeout=5,
-                   message="the long query")
+        thread, out = _start_long_query(active, pg, 8)
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: _refused(proc), timeout=1.5, message="the shutdown to begin")
         assert proc.poll() is None, "ithaca did not wait for the active client"
