@@ -45,6 +45,26 @@ log = logging.getLogger("ithaca.client")
 _client_ids = itertools.count(1)
 
 
+class ClientLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Log records that carry the client's id, user, database and address, and the id of the
+    server attached right now, for log_format's %i %s %u %d %h %r."""
+
+    def __init__(self, logger: logging.Logger, client: Client) -> None:
+        super().__init__(logger, {})
+        self.client = client
+
+    def process(self, msg, kwargs):  # type: ignore[no-untyped-def]
+        client = self.client
+        host, _, port = client.link.peername().rpartition(":")
+        kwargs["extra"] = {
+            "client_id": client.id,
+            "server_id": client.server.id if client.server is not None else "none",
+            "user": client.user or "none", "database": client.database or "none",
+            "client_host": host or "none", "client_port": port or "none",
+        }
+        return msg, kwargs
+
+
 class Client:
     """A connected client: its link, identity, route and relay."""
 
@@ -52,6 +72,7 @@ class Client:
         self.system = system
         self.link = link
         self.id = f"c{next(_client_ids)}"
+        self.log = ClientLog(log, self)
         self.database = ""
         self.user = ""
         self.route: Route | None = None
@@ -139,17 +160,17 @@ class Client:
             rule = self.route.rule
             relay_class = PreparedRelay if rule.pool_reserve_prepared_statement and \
                 rule.pool != "session" else Relay
-            relay = relay_class(self.link, self.route, self.id, self.params,
+            relay = relay_class(self.link, self.route, self.log, self.params,
                                 on_server_attached=self._set_server)
             self.relay = relay
             relay.start(rest)
             reason = await relay.done
             if config.log_session:
-                log.info("%s: session ended: %s", self.id, reason)
+                self.log.info("session ended: %s", reason)
         except (ProtocolError, AuthError, RouteError, ServerError) as exc:
             self._refuse(exc)
         except LinkClosed:
-            log.debug("%s: client closed the connection during login", self.id)
+            self.log.debug("client closed the connection during login")
         except asyncio.CancelledError:
             pass
         finally:
@@ -159,9 +180,9 @@ class Client:
         sqlstate = exc.sqlstate
         message = exc.message
         if isinstance(exc, ServerError) and exc.error is not None:
-            log.info("%s: server refused login: %s", self.id, message)
+            self.log.info("server refused login: %s", message)
         else:
-            log.info("%s: login refused (%s): %s", self.id, sqlstate, message)
+            self.log.info("login refused (%s): %s", sqlstate, message)
         self.link.write(build_error(sqlstate, message, severity="FATAL"))
         self.link.close()
 
@@ -192,7 +213,7 @@ class Client:
                 if isinstance(packet, GSSENCRequest) or tls_mode == "disable":
                     self.link.write(b"N")
                     continue
-                self.tls_info = await _accept_tls(self.link, listen, self.id)
+                self.tls_info = await _accept_tls(self.link, listen, self.log)
                 continue
             if isinstance(packet, CancelRequest):
                 await self.system.cancels.cancel(packet.pid, packet.secret)
@@ -223,7 +244,7 @@ class Client:
         method = rule.authentication if hba_method == "allow" else hba_method
         reader = MessageReader()
         reader.feed(self._startup_rest)
-        secret = await _client_secret(system, rule, method, self.user, self.id)
+        secret = await _client_secret(system, rule, method, self.user, self.log)
         given = await authenticate_client(
             self.link, reader, method, self.user, secret, tls=tls_info,
             common_names=rule.auth_common_name, common_name_default=rule.auth_common_name_default)
@@ -254,7 +275,7 @@ class Client:
         out.append(build_ready_for_query(b"I"))
         self.link.write(b"".join(out))
         if system.config.log_session:
-            log.info("%s: login %s@%s from %s%s, route %s (%s pooling, %s)", self.id, self.user,
+            self.log.info("login %s@%s from %s%s, route %s (%s pooling, %s)", self.user,
                      self.database, self.link.peername(), " (TLS)" if tls_info.encrypted else "",
                      route.name, rule.pool, method)
         return reader, reader.take_rest()
@@ -274,19 +295,19 @@ def _current_listen(system: System, listen: Listen | None) -> Listen | None:
     return listen
 
 
-async def _accept_tls(link: Link, listen: Listen, client_id: str) -> _auth.TlsInfo:
+async def _accept_tls(link: Link, listen: Listen, clog: ClientLog) -> _auth.TlsInfo:
     """Answer an SSLRequest with 'S' and run the server-side handshake."""
     try:
         ctx, channel_binding = _tls.listen_context(listen)
     except _tls.TlsConfigError as exc:
-        log.error("%s: %s", client_id, exc.message)
+        clog.error("%s", exc.message)
         raise ProtocolError("TLS is not available: the pooler's TLS setup is broken (see its "
                             "log)", SqlState.CONNECTION_FAILURE) from None
     link.write(b"S")
     try:
         await _tls.start_tls(link, ctx, server_side=True)
     except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
-        log.info("%s: TLS handshake with %s failed: %s", client_id, link.peername(), exc)
+        clog.info("TLS handshake with %s failed: %s", link.peername(), exc)
         raise LinkClosed(f"TLS handshake failed: {exc}") from None
     return _auth.TlsInfo(encrypted=True, channel_binding=channel_binding,
                          peer_common_name=_tls.peer_common_name(link))
@@ -318,7 +339,7 @@ def _check_hba(system: System, link: Link, tls_info: _auth.TlsInfo, database: st
 
 
 async def _client_secret(system: System, rule: Rule, method: str, user: str,
-                         client_id: str) -> str | None:
+                         clog: ClientLog) -> str | None:
     """The secret a password method checks against: the auth_query's answer when the rule has
     one, else the rule's `password`. None (unknown) still runs the exchange and fails."""
     if method not in ("clear_text", "md5", "scram-sha-256"):
@@ -328,8 +349,8 @@ async def _client_secret(system: System, rule: Rule, method: str, user: str,
     try:
         secret = await _auth.fetch_secret(system.router, rule, user)
     except _auth.AuthQueryFailed as exc:
-        log.warning("%s: %s", client_id, exc)
+        clog.warning("%s", exc)
         return None
     if secret is None:
-        log.debug("%s: auth_query found no secret for the user", client_id)
+        clog.debug("auth_query found no secret for the user")
     return secret

@@ -14,7 +14,6 @@ routes that ask for it."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -31,8 +30,6 @@ from .protocol import (
 )
 from .relay import Relay
 from .server import ServerConn
-
-log = logging.getLogger("ithaca.pstmt")
 
 SERVER_PREFIX = "_ith_"
 _NEVER_PREPARED = SERVER_PREFIX + "none"  # Close of this name is a no-op that answers '3'
@@ -241,7 +238,7 @@ class PreparedRelay(Relay):
         if mtype == _ERROR:
             return self._on_error(bytes(buffer[pos + 5 : end]))
         if not expect or expect[0].kind == "sync":
-            log.warning("%s: unexpected %r from server", self.client_id, chr(mtype))
+            self.log.warning("unexpected %r from server", chr(mtype))
             return None
         entry = expect.popleft()
         if entry.kind == "stand_in_parse":

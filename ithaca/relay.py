@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .config import Rule
     from .router import Route
 
-log = logging.getLogger("ithaca.relay")
 
 _S = ord("S")
 
@@ -31,13 +30,14 @@ class Relay:
     message of a transaction and released at ReadyForQuery 'I' with nothing outstanding; in
     session pooling it stays until the client leaves."""
 
-    def __init__(self, client: Link, route: Route, client_id: str, params: ClientParams,
+    def __init__(self, client: Link, route: Route, clog: logging.LoggerAdapter,  # type: ignore[type-arg]
+                 params: ClientParams,
                  on_server_attached: Callable[[ServerConn | None], None] | None = None) -> None:
         self.client = client
         self.route = route
         self.rule: Rule = route.rule  # the rule this client logged in with, kept over reloads
         self.pool = route.pool
-        self.client_id = client_id
+        self.log = clog  # records carry the client's and server's ids (%i, %s)
         self.params = params
         self.release_each_transaction = self.rule.pool in ("transaction", "statement")
         self.statement_pooling = self.rule.pool == "statement"
@@ -156,7 +156,7 @@ class Relay:
             self.fail(exc.message, exc.sqlstate)
             return
         except Exception as exc:  # never leave the client waiting on a dead task
-            log.exception("%s: attaching a server failed", self.client_id)
+            self.log.exception("attaching a server failed")
             self.attaching = None
             self.fail(f"could not get a server connection: {exc}", SqlState.CONNECTION_FAILURE)
             return
@@ -271,7 +271,7 @@ class Relay:
 
     def _server_broke(self, exc: ProtocolError) -> None:
         server = self.server
-        log.error("%s: protocol error from server %r: %s", self.client_id, server, exc.message)
+        self.log.error("protocol error from server %r: %s", server, exc.message)
         if server is not None:
             self._unbind(server)
             self.pool.discard(server)
@@ -281,7 +281,7 @@ class Relay:
         server = self.server
         if server is None or self.finished:
             return
-        log.warning("%s: server %r closed the connection", self.client_id, server)
+        self.log.warning("server %r closed the connection", server)
         self._unbind(server)
         self.pool.discard(server)
         self.fail("server closed the connection unexpectedly", SqlState.CONNECTION_FAILURE)

@@ -33,8 +33,7 @@ def leave_server(relay: Relay, server: ServerConn) -> None:
     synced = relay.outstanding == 0 and not client_scan.in_group and \
         relay.server_scan.at_boundary and client_scan.at_boundary
     if not synced and not (rule.pool_cancel and client_scan.at_boundary):
-        log.info("%s: client left in the middle of a request; closing %r", relay.client_id,
-                 server)
+        relay.log.info("client left in the middle of a request; closing %r", server)
         pool.discard(server)
         return
     server.status = relay.server_scan.status
