@@ -77,7 +77,6 @@ class Client:
         self.user = ""
         self.route: Route | None = None
         self.relay: Relay | None = None
-        self.server: ServerConn | None = None  # attached right now (for cancel and views)
         self.cancel_pid = 0
         self.task: asyncio.Task[None] | None = None
         self.params: ClientParams | None = None
@@ -87,15 +86,18 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.user}@{self.database} from {self.link.peername()}>"
 
+    @property
+    def server(self) -> ServerConn | None:
+        """The server attached to this client right now."""
+        return self.relay.server if self.relay is not None else None
+
     def cancel_begin(self) -> ServerConn | None:
         """The server running this client's query, pinned until cancel_end (None: nothing)."""
         return self.relay.cancel_begin() if self.relay is not None else None
 
     def cancel_end(self, server: ServerConn) -> None:
-        if self.relay is not None:
-            self.relay.cancel_end(server)
-        else:
-            server.cancels_in_flight -= 1
+        assert self.relay is not None  # cancel_begin returned a server, so there is a relay
+        self.relay.cancel_end(server)
 
     async def _client_params(self, startup: StartupMessage, route: Route) -> dict[str, str]:
         """Remember the client's settings; return the ParameterStatus values it is told.
@@ -118,9 +120,6 @@ class Client:
                 raise
             route.pool.release(server)
         return params.view(defaults)
-
-    def _set_server(self, server: ServerConn | None) -> None:
-        self.server = server
 
     def shutdown(self) -> None:
         """Graceful stop: end now if idle or still logging in, else after this transaction."""
@@ -160,8 +159,7 @@ class Client:
             rule = self.route.rule
             relay_class = PreparedRelay if rule.pool_reserve_prepared_statement and \
                 rule.pool != "session" else Relay
-            relay = relay_class(self.link, self.route, self.log, self.params,
-                                on_server_attached=self._set_server)
+            relay = relay_class(self.link, self.route, self.log, self.params)
             self.relay = relay
             relay.start(rest)
             reason = await relay.done

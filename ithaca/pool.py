@@ -38,9 +38,7 @@ class ServerPool:
         self.connecting = 0
         self._waiters: deque[asyncio.Future[ServerConn | None]] = deque()
         self.closed = False
-        # counters for SHOW/metrics
-        self.total_acquired = 0
-        self.total_wait_time = 0.0
+        self.total_acquired = 0  # for the stats line
 
     def __repr__(self) -> str:
         return (f"<ServerPool {self.name} idle={len(self.idle)} active={len(self.active)} "
@@ -70,11 +68,7 @@ class ServerPool:
             if server is None:
                 server = await self._wait(deadline)
             if server is not None:
-                self.active.add(server)
-                server.last_used_at = time.monotonic()
-                self.total_acquired += 1
-                self.total_wait_time += server.last_used_at - started
-                return server
+                return self._check_out(server)
 
     def try_acquire(self) -> ServerConn | None:
         """An idle server right now, without waiting (None when none is idle or others wait
@@ -82,10 +76,12 @@ class ServerPool:
         if self._waiters or self.closed:
             return None
         server = self._pop_idle()
-        if server is not None:
-            self.active.add(server)
-            server.last_used_at = time.monotonic()
-            self.total_acquired += 1
+        return self._check_out(server) if server is not None else None
+
+    def _check_out(self, server: ServerConn) -> ServerConn:
+        self.active.add(server)
+        server.last_used_at = time.monotonic()
+        self.total_acquired += 1
         return server
 
     def _pop_idle(self) -> ServerConn | None:

@@ -1,13 +1,13 @@
 """The hot path: bytes between one client and its attached server. Scans frame headers only,
-forwards whole chunks, counts sync points against ReadyForQuery to know when a transaction
-pooling server can go back to the pool, and decides a server's fate when the client leaves."""
+forwards whole chunks, and counts sync points against ReadyForQuery to know when a
+transaction pooling server can go back to the pool (reset.py decides its fate when the
+client leaves)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .link import Link
@@ -31,8 +31,7 @@ class Relay:
     session pooling it stays until the client leaves."""
 
     def __init__(self, client: Link, route: Route, clog: logging.LoggerAdapter,  # type: ignore[type-arg]
-                 params: ClientParams,
-                 on_server_attached: Callable[[ServerConn | None], None] | None = None) -> None:
+                 params: ClientParams) -> None:
         self.client = client
         self.route = route
         self.rule: Rule = route.rule  # the rule this client logged in with, kept over reloads
@@ -53,7 +52,6 @@ class Relay:
         self.pinned = False  # keep the server across transactions (LISTEN)
         self.last_active = time.monotonic()
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.on_server_attached = on_server_attached
 
     # -- start and stop ----------------------------------------------------------------------
     def start(self, initial: bytes) -> None:
@@ -73,7 +71,7 @@ class Relay:
             self.attaching.cancel()
         server = self.server
         if server is not None:
-            self._unbind(server)
+            self._detach_server(server)
             leave_server(self, server)
         self.client.close()
         if not self.done.done():
@@ -193,10 +191,8 @@ class Relay:
         self.client.peer = link
         if self.client.writing_paused:
             link.pause_reading()
-        if self.on_server_attached is not None:
-            self.on_server_attached(server)
 
-    def _unbind(self, server: ServerConn) -> None:
+    def _detach_server(self, server: ServerConn) -> None:
         self.server = None
         link = server.link
         link.sink = server.idle_sink
@@ -204,8 +200,6 @@ class Relay:
         link.peer = None
         self.client.peer = None
         link.resume_reading()
-        if self.on_server_attached is not None:
-            self.on_server_attached(None)
 
     # -- server -> client --------------------------------------------------------------------
     def on_server_data(self, data: bytes) -> None:
@@ -246,7 +240,8 @@ class Relay:
 
     def after_ready(self) -> None:
         """At a ReadyForQuery: release the server, or end a closing session, when idle."""
-        if self.statement_pooling and self.server_scan.status != b"I" and self.server_scan.at_boundary:
+        scan = self.server_scan
+        if self.statement_pooling and scan.status != b"I" and scan.at_boundary:
             self.fail("transaction blocks are not allowed in statement pooling",
                       SqlState.FEATURE_NOT_SUPPORTED)
             return
@@ -266,14 +261,14 @@ class Relay:
         server = self.server
         assert server is not None
         server.status = b"I"
-        self._unbind(server)
+        self._detach_server(server)
         self.pool.release(server)
 
     def _server_broke(self, exc: ProtocolError) -> None:
         server = self.server
         self.log.error("protocol error from server %r: %s", server, exc.message)
         if server is not None:
-            self._unbind(server)
+            self._detach_server(server)
             self.pool.discard(server)
         self.fail(f"server sent invalid data: {exc.message}", SqlState.PROTOCOL_VIOLATION)
 
@@ -282,7 +277,7 @@ class Relay:
         if server is None or self.finished:
             return
         self.log.warning("server %r closed the connection", server)
-        self._unbind(server)
+        self._detach_server(server)
         self.pool.discard(server)
         self.fail("server closed the connection unexpectedly", SqlState.CONNECTION_FAILURE)
 

@@ -5,7 +5,7 @@ client_max per route and globally, and applies a reloaded config to existing rou
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import Config, Rule, Storage
 from .pool import ServerPool
@@ -36,7 +36,6 @@ class Route:
     server_params: dict[str, str] | None = None  # ParameterStatus values from the last login
     max_message: int = 1 << 30
     removed: bool = False  # its rule is gone after a reload: drain, take no new clients
-    password: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -102,7 +101,7 @@ class Router:
         pool = ServerPool(f"{storage_db}.{storage_user}", connect, rule.pool_size,
                           rule.pool_timeout, config.backend_connect_timeout_ms)
         pool.server_lifetime = rule.server_lifetime
-        route = Route(rule, storage_db, storage_user, pool, password=passthrough)
+        route = Route(rule, storage_db, storage_user, pool)
         return route
 
     def admit(self, route: Route) -> None:
